@@ -1,0 +1,140 @@
+"""The pipeline end to end: real FashionMNIST subset, resume, config and CLI errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from unprune_jax import checkpoint as ckpt
+from unprune_jax import cli, pipeline
+from unprune_jax import train as train_lib
+from unprune_jax.config import load_config
+from unprune_jax.data import default_data_dir
+
+TINY = [
+    "model.kwargs={widths = [4, 8], hidden = 16}",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "unlearn.settings={retrain = {epochs = 1}, FT = {epochs = 1}, GA = {epochs = 1}}",
+]
+HAVE_FMNIST = os.path.isdir(default_data_dir())
+EXPECTED_ROWS = [
+    "dense (before pruning)", "original (pruned on D)", "retrain", "retrain + un-prune", "FT",
+    "FT + un-prune", "GA", "GA + un-prune", "gold (retrain + re-prune)",
+]
+
+
+def quiet(_msg):
+    pass
+
+
+def without_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
+    cfg = load_config(None, TINY + ["data.train_size=2000", "data.test_size=500"])
+    res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    rows = {r["model"]: r for r in res["rows"]}
+    assert list(rows) == EXPECTED_ROWS
+    for r in res["rows"]:
+        for key in ("UA", "RA", "TA", "IoU_gold", "hamming_gold", "delta_J", "density"):
+            assert 0.0 <= r[key] <= 1.0 or key == "delta_J", (r["model"], key, r[key])
+        assert r["seconds"] >= 0.0
+    for name, r in rows.items():
+        if name != "dense (before pruning)":
+            assert r["density"] == pytest.approx(0.1, abs=1e-4)
+    assert rows["gold (retrain + re-prune)"]["IoU_gold"] == 1.0
+    j = res["IoU_original_gold"]
+    assert rows["original (pruned on D)"]["IoU_gold"] == pytest.approx(j)
+    assert rows["FT + un-prune"]["delta_J"] == pytest.approx(rows["FT + un-prune"]["IoU_gold"] - j)
+    assert rows["FT"]["delta_J"] == 0.0  # the baseline keeps the original mask
+    assert rows["original (pruned on D)"]["TA"] > 0.5  # it learned something real
+    assert res["split"]["train"] == 2000 and res["split"]["forget"] == 200
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    assert "| FT + un-prune |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "config.json").exists() and (tmp_path / "split.json").exists()
+
+
+def synthetic_cfg(*extra):
+    return load_config(None, TINY + ["data.name=synthetic", *extra])
+
+
+def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkeypatch):
+    cfg = synthetic_cfg()
+    first = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
+    # the saved original state round-trips bit-exactly
+    original, _ = ckpt.load_stage(tmp_path, "prune", ctx.init)
+    again, _ = ckpt.load_stage(tmp_path, "prune", ctx.init)
+    for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+    # rerun: nothing trains
+    def boom(*a, **k):
+        raise AssertionError("a finished stage was recomputed")
+
+    with monkeypatch.context() as m:
+        for mod in ("unprune_jax.pipeline", "unprune_jax.unlearn", "unprune_jax.prune"):
+            m.setattr(f"{mod}.fit", boom)
+        second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    assert without_time(second["rows"]) == without_time(first["rows"])
+
+    # an unfinished stage (no meta.json) is recomputed, and only that one
+    os.remove(ckpt.stage_dir(tmp_path, "gold") / "meta.json")
+    calls = []
+    real_fit = train_lib.fit
+
+    def counting_fit(*a, **k):
+        calls.append(k.get("desc"))
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr("unprune_jax.prune.fit", counting_fit)
+    monkeypatch.setattr("unprune_jax.pipeline.fit", boom)
+    monkeypatch.setattr("unprune_jax.unlearn.fit", boom)
+    third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    assert calls == ["gold dense", "gold sparse"]
+    assert without_time(third["rows"]) == without_time(first["rows"])  # deterministic
+
+
+def test_run_dir_with_another_config_is_refused(tmp_path):
+    pipeline.build_context(synthetic_cfg(), tmp_path, progress=False, say=quiet)
+    with pytest.raises(ValueError, match="prune.density"):
+        pipeline.build_context(synthetic_cfg("prune.density=0.2"), tmp_path, say=quiet)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("prune.density=1.5", "density must be in \\(0, 1\\], got 1.5"),
+        ("prune.density=0", "got 0"),
+        ("unprune.fraction=0", "fraction"),
+        ("unlearn.methods=['FT', 'GAA']", "unknown unlearning method 'GAA'.*Did you mean 'GA'"),
+        ("trian.epochs=2", "unknown config key trian.*Did you mean 'train'"),
+        ("data.forget_fraction=0.0", "0.0"),
+    ],
+)
+def test_bad_config_gets_a_clear_error(tmp_path, override, message, capsys):
+    code = cli.main(["run", "-r", str(tmp_path / "r"), "-o", "data.name=synthetic", "-o",
+                     override, "--no-progress"])
+    assert code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_missing_data_directory_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code = cli.main(["run", "-r", str(tmp_path / "r"), "-o", f"data.data_dir='{missing}'"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "dataset-fashion-mnist" in err
+
+
+def test_cli_list_names_every_method(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("omp", "retrain", "FT", "GA", "small_cnn", "resnet18", "fashion_mnist"):
+        assert name in out

@@ -1,0 +1,171 @@
+"""Run configuration: dataclasses, a TOML file, and ``section.key=value`` overrides.
+
+The resolved configuration is saved with every run (``config.json``); a run directory only resumes
+under the configuration it was started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from .masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from .prune import PruneConfig
+from .train import TrainConfig
+from .unprune import UnpruneConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is split (all from one ``seed``).
+
+    ``name`` is ``fashion_mnist`` (the IDX files in ``data_dir``, default the Debian package's
+    directory), ``synthetic``, or ``tfds:<name>``. Sizes of None take everything available.
+    """
+
+    name: str = "fashion_mnist"
+    data_dir: str | None = None
+    seed: int = 0
+    train_size: int | None = None
+    val_size: int = 0
+    test_size: int | None = None
+    forget_fraction: float | None = 0.1
+    forget_classes: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model, its initialisation seed (θ_0) and which parameter paths are prunable."""
+
+    name: str = "small_cnn"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    prunable_include: tuple[str, ...] = DEFAULT_INCLUDE
+    prunable_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnConfig:
+    """Which unlearning methods to run, and per-method overrides of their registry defaults."""
+
+    methods: tuple[str, ...] = ("retrain", "FT", "GA")
+    settings: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    unprune: UnpruneConfig = UnpruneConfig()
+
+    def to_dict(self) -> dict:
+        return _jsonable(dataclasses.asdict(self))
+
+    def method_config(self, name: str) -> TrainConfig:
+        """The registry defaults of method ``name`` with this config's overrides applied."""
+        from . import unlearn
+
+        defaults = unlearn.get(name).defaults
+        overrides = self.unlearn.settings.get(name, {})
+        return from_dict(TrainConfig, {**dataclasses.asdict(defaults), **overrides},
+                         where=f"unlearn.settings.{name}")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _unknown(key: str, valid, where: str) -> ValueError:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown config key {where + '.' if where else ''}{key}; "
+                      f"valid: {sorted(valid)}.{hint}")
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"config {where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, d: dict, where: str = ""):
+    """Builds dataclass ``cls`` from a nested dict, rejecting unknown keys with a suggestion."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config {where or cls.__name__} must be a table, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise _unknown(key, fields, where)
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(d: dict, override: str) -> None:
+    """Applies ``'section.key=value'`` (value in TOML syntax, bare strings allowed) to ``d``."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value")
+    path, text = override.split("=", 1)
+    keys = path.strip().split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {k} is not a section")
+    node[keys[-1]] = _parse_value(text.strip())
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then the overrides, in that order."""
+    d: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    for o in overrides:
+        apply_override(d, o)
+    cfg = from_dict(Config, d)
+    for name in cfg.unlearn.methods:
+        cfg.method_config(name)  # validates names and per-method settings up front
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")

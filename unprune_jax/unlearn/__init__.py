@@ -1,0 +1,143 @@
+"""Unlearning methods behind one signature and a registry by name.
+
+A method is ``method(state, task, cfg) -> (state, metrics)``: ``state`` is the trained sparse model
+(its mask is kept: every step is masked), ``task`` says what to forget and holds the model's
+``apply_fn``, the optimizer and θ_0, ``cfg`` is a :class:`~unprune_jax.train.TrainConfig` with the
+method's epochs, learning rate and so on. Un-pruning takes any registered method by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import losses
+from ..data import Dataset
+from ..train import DivergenceError, TrainConfig, TrainState, fit, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnTask:
+    """What an unlearning method needs besides the state and its own settings.
+
+    Attributes:
+        apply_fn: the model, ``(params, model_state, x, train) -> (logits, model_state)``.
+        tx: the optimizer (``optim.sgd``); its hyperparameters are set from the method's config.
+        dataset: the data pool.
+        retain: pool indices of D_r.
+        forget: pool indices of D_f.
+        init: the state at θ_0 (initial weights and model state), for methods that restart.
+        progress: show progress bars.
+    """
+
+    apply_fn: Callable
+    tx: Any
+    dataset: Dataset
+    retain: np.ndarray
+    forget: np.ndarray
+    init: TrainState
+    progress: bool = True
+
+    def __post_init__(self):
+        if np.asarray(self.forget).size == 0:
+            raise ValueError("the forget set is empty: nothing to unlearn")
+        if np.asarray(self.retain).size == 0:
+            raise ValueError("the retain set is empty")
+
+
+Method = Callable[[TrainState, UnlearnTask, TrainConfig], tuple[TrainState, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    fn: Method
+    defaults: TrainConfig
+    description: str
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, defaults: TrainConfig, description: str):
+    """Decorator adding a method to the registry under ``name``."""
+
+    def wrap(fn: Method) -> Method:
+        REGISTRY[name] = Entry(fn, defaults, description)
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> Entry:
+    """The registry entry for ``name``; unknown names get the closest valid one in the error."""
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.3)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown unlearning method {name!r}; known: {sorted(REGISTRY)}.{hint}")
+    return REGISTRY[name]
+
+
+def run(
+    name: str,
+    state: TrainState,
+    task: UnlearnTask,
+    cfg: TrainConfig | None = None,
+    *,
+    on_divergence: str = "raise",
+):
+    """Runs method ``name`` (with its defaults when ``cfg`` is None); adds ``seconds`` to metrics.
+
+    On divergence (see ``train.DivergenceError``), ``on_divergence='raise'`` re-raises and
+    ``'keep_last_good'`` returns the last good state with the error text in ``metrics['diverged']``.
+    """
+    if on_divergence not in ("raise", "keep_last_good"):
+        raise ValueError(f"on_divergence must be 'raise' or 'keep_last_good', got {on_divergence!r}")
+    entry = get(name)
+    t0 = time.perf_counter()
+    try:
+        state, metrics = entry.fn(state, task, entry.defaults if cfg is None else cfg)
+    except DivergenceError as e:
+        if on_divergence == "raise":
+            raise
+        state, metrics = e.state, {"history": e.history, "diverged": str(e)}
+    return state, {**metrics, "seconds": time.perf_counter() - t0}
+
+
+def _train(state, task, cfg, indices, loss_fn, desc):
+    step = make_train_step(task.apply_fn, task.tx, loss_fn)
+    state = state.replace(opt_state=task.tx.init(state.params))
+    state, history, _ = fit(
+        state, step, task.dataset, indices, cfg, desc=desc, progress=task.progress
+    )
+    return state, {"history": history}
+
+
+@register(
+    "retrain",
+    TrainConfig(epochs=3, lr=0.05),
+    "train from θ_0 on D_r under the original mask (exact unlearning of the weights, not the mask)",
+)
+def retrain(state, task, cfg):
+    start = task.init.with_mask(state.mask, task.tx)
+    return _train(start, task, cfg, task.retain, losses.cross_entropy, "retrain")
+
+
+@register("FT", TrainConfig(epochs=2, lr=0.01), "fine-tune on D_r (catastrophic forgetting of D_f)")
+def finetune(state, task, cfg):
+    return _train(state, task, cfg, task.retain, losses.cross_entropy, "FT")
+
+
+@register(
+    "GA",
+    TrainConfig(epochs=1, lr=1e-4, batch_size=128, max_loss=50.0),
+    "gradient ascent on D_f's cross-entropy; stops with DivergenceError past max_loss",
+)
+def gradient_ascent(state, task, cfg):
+    return _train(state, task, cfg, task.forget, losses.negative_cross_entropy, "GA")
+
+
+__all__ = ["UnlearnTask", "Entry", "REGISTRY", "register", "get", "run"]

@@ -1,0 +1,154 @@
+"""Un-pruning (Algorithm 1, our reading) and its gold standard.
+
+A pruned model's mask was chosen with the deleted data D_f. Un-pruning recomputes it as if the
+model had been trained and pruned on D_r only, without paying for that retraining. Each of K
+rounds:
+
+1. *Regrow*: revive the fraction ``fraction`` (p_θ) of the pruned entries with the largest regrow
+   score. Default score: |θ_dense|, the magnitudes of the dense weights that the original pruner
+   saw (stored by the pipeline). ``'theta0'`` uses |θ_0| instead.
+2. *Re-initialise* the revived entries: ``'theta0'`` sets them to their initial values (the paper's
+   better variant); ``'random'`` to a fresh draw of the model's initialiser times ``random_scale``.
+3. *Unlearn* with any registered unlearning method on the denser masked model.
+4. *Re-prune* to the target density by lowest weight magnitude, with the original pruner's scope.
+
+The output is θ ⊙ M. The gold standard (``gold_standard``) reruns the original pipeline (same
+θ_0, same data order with D_f removed, same pruner) on D_r.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+
+from . import masks as masks_lib
+from . import prune as prune_lib
+from . import scores as scores_lib
+from . import unlearn as unlearn_lib
+from .train import TrainConfig, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class UnpruneConfig:
+    """Options of Algorithm 1.
+
+    Attributes:
+        fraction: p_θ, the fraction of currently pruned entries revived per round. Default 0.1:
+            at 10% density this nearly doubles the kept set before re-pruning.
+        rounds: K, the number of regrow → unlearn → re-prune rounds.
+        regrow_score: ``'dense'`` (|θ| of the stored dense weights) or ``'theta0'`` (|θ_0|).
+        reinit: ``'theta0'`` or ``'random'``.
+        random_scale: factor on the fresh initialiser draw for ``reinit='random'``.
+    """
+
+    fraction: float = 0.1
+    rounds: int = 1
+    regrow_score: str = "dense"
+    reinit: str = "theta0"
+    random_scale: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"unprune fraction (p_θ) must be in (0, 1], got {self.fraction}")
+        if self.rounds < 1:
+            raise ValueError(f"unprune rounds must be ≥ 1, got {self.rounds}")
+        if self.regrow_score not in ("dense", "theta0"):
+            raise ValueError(f"regrow_score must be 'dense' or 'theta0', got {self.regrow_score!r}")
+        if self.reinit not in ("theta0", "random"):
+            raise ValueError(f"reinit must be 'theta0' or 'random', got {self.reinit!r}")
+
+
+def reinit_revived(params, revived, source):
+    """``params`` with the entries where ``revived`` is True replaced by ``source``'s."""
+    return jax.tree.map(lambda p, r, s: jnp.where(r, s, p), params, revived, source)
+
+
+def unprune(
+    state: TrainState,
+    task: unlearn_lib.UnlearnTask,
+    method: str,
+    method_cfg: TrainConfig | None,
+    cfg: UnpruneConfig,
+    *,
+    dense_params,
+    density: float,
+    prunable,
+    scope: str = "global",
+    random_params=None,
+    on_divergence: str = "keep_last_good",
+):
+    """Algorithm 1: K rounds of regrow → re-initialise → unlearn → re-prune.
+
+    Args:
+        state: the trained sparse model (mask M, density ``density``).
+        task: the unlearning task (D_r, D_f, θ_0 in ``task.init``).
+        method: a registered unlearning method; ``method_cfg`` its settings (None = defaults).
+        dense_params: the dense weights the original pruner scored (regrow score ``'dense'``).
+        density: the target density to re-prune to.
+        prunable: flags from ``masks.prunable_leaves``.
+        scope: the original pruner's scope, ``'global'`` or ``'per_layer'``.
+        random_params: a fresh initialiser draw (required for ``reinit='random'``).
+        on_divergence: passed to ``unlearn.run``; by default a diverging method's last good state
+            is re-pruned and the divergence recorded in the round's info.
+
+    Returns:
+        ``(state, info)``: info holds per-round densities, mask changes and method metrics.
+    """
+    if cfg.reinit == "random" and random_params is None:
+        raise ValueError("reinit='random' needs random_params (a fresh draw of the initialiser)")
+    regrow_from = dense_params if cfg.regrow_score == "dense" else task.init.params
+    source = (
+        task.init.params
+        if cfg.reinit == "theta0"
+        else jax.tree.map(lambda p: p * cfg.random_scale, random_params)
+    )
+    score = scores_lib.magnitude(regrow_from)
+    rounds = []
+    t0 = time.perf_counter()
+    for k in range(cfg.rounds):
+        before = state.mask
+        grown = masks_lib.regrow_mask(before, score, cfg.fraction, prunable, scope)
+        revived = jax.tree.map(lambda g, m: g & ~m, grown, before)
+        state = state.with_mask(grown, task.tx, reinit_revived(state.params, revived, source))
+        grown_density = masks_lib.density(grown, prunable)
+        state, metrics = unlearn_lib.run(
+            method, state, task, method_cfg, on_divergence=on_divergence
+        )
+        mask = prune_lib.lwm_mask(state.params, density, prunable, scope)
+        state = state.with_mask(mask, task.tx)
+        rounds.append(
+            {
+                "round": k + 1,
+                "grown_density": grown_density,
+                "density": masks_lib.density(mask, prunable),
+                "changed_vs_round_start": masks_lib.similarity(mask, before, prunable)["only_a"],
+                "method": metrics,
+            }
+        )
+    return state, {"rounds": rounds, "seconds": time.perf_counter() - t0}
+
+
+def gold_standard(
+    task: unlearn_lib.UnlearnTask,
+    train_cfg: TrainConfig,
+    prune_cfg: prune_lib.PruneConfig,
+    prunable,
+    *,
+    order_pool,
+):
+    """Retrain + re-prune: the original OMP pipeline from θ_0, on D_r only.
+
+    ``order_pool`` is the full training set: each epoch visits D_r in the order the original run
+    visited D, with D_f's examples removed and the batches re-packed.
+
+    Returns:
+        :class:`~unprune_jax.prune.OMPResult` of the run on D_r.
+    """
+    step = unlearn_lib.make_train_step(task.apply_fn, task.tx, unlearn_lib.losses.cross_entropy)
+    return prune_lib.omp(
+        task.init, step, task.tx, task.dataset, task.retain, train_cfg, prune_cfg, prunable,
+        order_pool=order_pool, desc="gold ", progress=task.progress,
+    )
