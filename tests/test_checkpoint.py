@@ -107,6 +107,7 @@ def test_round_trip_bit_exact(tmp_path):
         assert state.step.dtype == jnp.int32 and state.step.shape == ()
         assert restored["rng"].dtype == jnp.uint32 and restored["rng"].shape == (2,)
         assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(restored))
+        assert all(x.devices() == {jax.devices()[0]} for x in jax.tree.leaves(restored))
         assert meta_out == {"metrics": {"acc": 0.5, "n": 3}, "seconds": 1.25, "hist": [0, 1, 2], "t": [1, 2]}
     assert ckpt.load_meta(tmp_path, "train") == meta_out
 
@@ -199,6 +200,16 @@ def test_deleted_arrays_dir(saved):
     shutil.rmtree(d / "arrays")
     with pytest.raises(CheckpointError, match="arrays"):
         ckpt.load_stage(run_dir, "train", tree)
+
+
+def test_checksum_mismatch(saved):
+    run_dir, d, tree = saved
+    structure = json.loads((d / "structure.json").read_text())
+    structure["leaves"][0]["crc32"] ^= 1
+    (d / "structure.json").write_text(json.dumps(structure))
+    with pytest.raises(CheckpointError, match="CRC-32") as info:
+        ckpt.load_stage(run_dir, "train", tree)
+    assert str(d) in str(info.value)
 
 
 def test_mismatched_shape(saved):

@@ -283,9 +283,13 @@ def _orbax_save(directory: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         ckptr.wait_until_finished()
 
 
-def _orbax_restore(directory: pathlib.Path, target: dict[str, Any]) -> dict[str, Any]:
-    """Restores a flat dict; ``np.ndarray`` targets come back as numpy arrays,
-    ``jax.ShapeDtypeStruct`` targets as jax arrays with the given sharding."""
+def _orbax_restore(directory: pathlib.Path, target: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Restores a flat dict of arrays; ``np.ndarray`` targets (only their shape
+    and dtype are used) come back as numpy arrays in host memory.
+
+    Raises:
+        _RestoreFailed: If Orbax/TensorStore cannot read the checkpoint.
+    """
     try:
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(directory.absolute(), target)
@@ -331,6 +335,14 @@ def _drop_orphaned_reads() -> None:
 
 def _is_key_dtype(dtype: Any) -> bool:
     return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _default_device() -> jax.Device:
+    """The device jax puts new arrays on (honours ``jax_default_device``)."""
+    device = jax.config.jax_default_device
+    if isinstance(device, str):  # A platform name such as "cpu".
+        return jax.devices(device)[0]
+    return device if device is not None else jax.devices()[0]
 
 
 def _crc32(a: np.ndarray) -> int:
@@ -391,10 +403,11 @@ def save_stage(run_dir: PathLike, name: str, tree: Any, meta: dict) -> pathlib.P
             leaf = jax.random.key_data(leaf)
         host = np.asarray(leaf)
         if host.dtype.kind in "OUSMm" or host.dtype.fields is not None:
-            raise TypeError(f"leaf {keystr} of type {type(leaf).__name__} with dtype {host.dtype} is not an array of numbers")
-        entry.update(
-            shape=list(shape), dtype=str(dtype), data_shape=list(host.shape), data_dtype=str(host.dtype), crc32=_crc32(host)
-        )
+            raise TypeError(
+                f"leaf {keystr} of type {type(leaf).__name__} with dtype {host.dtype} is not an array of numbers"
+            )
+        entry.update(shape=list(shape), dtype=str(dtype), data_shape=list(host.shape), data_dtype=str(host.dtype))
+        entry["crc32"] = _crc32(host)
         arrays[f"{i:06d}"] = host
         entries.append(entry)
 
@@ -472,8 +485,9 @@ def _check_like(d: pathlib.Path, saved: list[dict[str, Any]], like_leaves: list[
     saved_paths = [e["path"] for e in saved]
     like_paths = [jax.tree_util.keystr(p) for p, _ in like_leaves]
     if saved_paths != like_paths:
-        missing = [p for p in saved_paths if p not in set(like_paths)]
-        extra = [p for p in like_paths if p not in set(saved_paths)]
+        saved_set, like_set = set(saved_paths), set(like_paths)
+        missing = [p for p in saved_paths if p not in like_set]
+        extra = [p for p in like_paths if p not in saved_set]
         what = f"tree structure differs from `like` ({len(saved_paths)} saved leaves vs {len(like_paths)} in like"
         if missing:
             what += f"; only in checkpoint: {_listing(missing)}"
@@ -530,15 +544,12 @@ def load_stage(run_dir: PathLike, name: str, like: Any) -> tuple[Any, dict]:
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     _check_like(d, saved, like_leaves)
 
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target: dict[str, Any] = {}
-    for i, (entry, (_, leaf)) in enumerate(zip(saved, like_leaves)):
-        data_dtype = np.dtype(jnp.dtype(entry["data_dtype"]))
-        data_shape = tuple(entry["data_shape"])
-        if "key_impl" not in entry and not isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
-            target[f"{i:06d}"] = np.empty(data_shape, data_dtype)  # Restored as numpy.
-        else:
-            target[f"{i:06d}"] = jax.ShapeDtypeStruct(data_shape, data_dtype, sharding=sharding)
+    # Everything is read into host memory (numpy targets), checksummed there and
+    # only then put on the device: no device->host copy for the CRC check.
+    target = {
+        f"{i:06d}": np.empty(tuple(entry["data_shape"]), np.dtype(jnp.dtype(entry["data_dtype"])))
+        for i, entry in enumerate(saved)
+    }
 
     restored: dict[str, Any] = {}
     if target:
@@ -552,21 +563,27 @@ def load_stage(run_dir: PathLike, name: str, like: Any) -> tuple[Any, dict]:
         if not isinstance(restored, Mapping) or set(restored) != set(target):
             raise _corrupt(d, "Orbax returned a different set of arrays than was saved")
 
+    device = _default_device()
     out = []
     for i, (entry, (_, leaf)) in enumerate(zip(saved, like_leaves)):
-        value = restored[f"{i:06d}"]
-        host = np.asarray(value)
+        host = np.asarray(restored[f"{i:06d}"])
         if list(host.shape) != list(entry["data_shape"]) or str(host.dtype) != entry["data_dtype"]:
             raise _corrupt(
-                d, f"leaf {entry['path']} restored as {host.dtype}{host.shape}, saved {entry['data_dtype']}{tuple(entry['data_shape'])}"
+                d,
+                f"leaf {entry['path']} restored as {host.dtype}{host.shape}, "
+                f"saved {entry['data_dtype']}{tuple(entry['data_shape'])}",
             )
         if _crc32(host) != entry["crc32"]:
             raise _corrupt(d, f"leaf {entry['path']} fails its CRC-32 check (array data corrupted)")
         if "key_impl" in entry:
-            value = jax.random.wrap_key_data(value, impl=entry["key_impl"])
-        elif isinstance(leaf, (np.generic,)):
+            value = jax.random.wrap_key_data(jax.device_put(host, device), impl=entry["key_impl"])
+        elif isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
+            value = jax.device_put(host, device)
+        elif isinstance(leaf, np.ndarray):
+            value = host
+        elif isinstance(leaf, np.generic):
             value = host[()]
-        elif not isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray)):
+        else:
             value = host.item()  # Python scalar in `like`.
         out.append(value)
     return jax.tree_util.tree_unflatten(treedef, out), meta

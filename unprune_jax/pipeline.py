@@ -204,7 +204,9 @@ def stage_unprune(ctx: Context, original: TrainState, dense_params, method: str)
             dense_params=dense_params, density=cfg.prune.density, prunable=ctx.prunable,
             scope=cfg.prune.scope, random_params=random_params,
         )
-        return state, {**info, "method_seconds": info["seconds"]}
+        diverged = [r["method"]["diverged"] for r in info["rounds"] if "diverged" in r["method"]]
+        meta = {**info, "method_seconds": info["seconds"]}
+        return state, {**meta, "diverged": diverged[0]} if diverged else meta
 
     return ctx.stage(f"unprune/{method}", ctx.init, compute)
 
@@ -226,20 +228,24 @@ def stage_gold(ctx: Context):
 
 
 def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original, gold) -> list:
-    """One row per model: UA/RA/TA, density, IoU and Hamming to gold, ΔJ, seconds."""
+    """One row per model: UA/RA/TA, density, IoU and Hamming to gold, ΔJ, seconds.
+
+    Mask metrics are None for a dense model (density 1), whose mask says nothing.
+    """
     j_orig = masks_lib.jaccard(original.mask, gold.mask, ctx.prunable)
     rows = []
     for name, (state, meta) in states.items():
-        sim = masks_lib.similarity(state.mask, gold.mask, ctx.prunable)
+        density = masks_lib.density(state.mask, ctx.prunable)
+        sim = masks_lib.similarity(state.mask, gold.mask, ctx.prunable) if density < 1 else None
         acc = metrics_lib.unlearning_accuracies(state, ctx.apply_fn, ctx.dataset, ctx.split)
         rows.append(
             {
                 "model": name,
                 **acc,
-                "density": masks_lib.density(state.mask, ctx.prunable),
-                "IoU_gold": sim["jaccard"],
-                "hamming_gold": sim["hamming"],
-                "delta_J": sim["jaccard"] - j_orig,
+                "density": density,
+                "IoU_gold": sim and sim["jaccard"],
+                "hamming_gold": sim and sim["hamming"],
+                "delta_J": sim and sim["jaccard"] - j_orig,
                 "seconds": meta.get("method_seconds", meta.get("seconds")),
                 "diverged": meta.get("diverged"),
             }
@@ -249,14 +255,19 @@ def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original,
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of the evaluation rows (percentages for accuracies)."""
+
+    def num(x, fmt):
+        return "—" if x is None else format(x, fmt)
+
     head = "| model | UA % | RA % | TA % | density | IoU gold | Hamming gold | ΔJ | time s |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         flag = " (diverged)" if r.get("diverged") else ""
         lines.append(
             f"| {r['model']}{flag} | {100 * r['UA']:.2f} | {100 * r['RA']:.2f} | "
-            f"{100 * r['TA']:.2f} | {r['density']:.4f} | {r['IoU_gold']:.4f} | "
-            f"{r['hamming_gold']:.4f} | {r['delta_J']:+.4f} | {r['seconds']:.1f} |"
+            f"{100 * r['TA']:.2f} | {r['density']:.4f} | {num(r['IoU_gold'], '.4f')} | "
+            f"{num(r['hamming_gold'], '.4f')} | {num(r['delta_J'], '+.4f')} | "
+            f"{r['seconds']:.1f} |"
         )
     return "\n".join(lines)
 

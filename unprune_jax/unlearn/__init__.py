@@ -75,7 +75,8 @@ def register(name: str, defaults: TrainConfig, description: str):
 def get(name: str) -> Entry:
     """The registry entry for ``name``; unknown names get the closest valid one in the error."""
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.3)
+        same_case = [k for k in REGISTRY if k.lower() == name.lower()]
+        close = same_case or difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.3)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown unlearning method {name!r}; known: {sorted(REGISTRY)}.{hint}")
     return REGISTRY[name]
