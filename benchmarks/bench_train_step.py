@@ -8,17 +8,23 @@ Measures, in one run and on synthetic data of the model's input shape:
                 ``grads * mask``, ``optax.chain(add_decayed_weights(5e-4), sgd(0.01, 0.9))``,
                 ``params * mask``: the reference every ratio is taken against;
   (ablations)   (b) plus one ingredient of (a) at a time, to tell where a gap comes from:
-                the inject_hyperparams optimizer, and the zero-weight no-op (weighted loss +
-                ``jnp.where(sum(w) > 0, new, old)`` over the whole state);
+                the inject_hyperparams optimizer, the per-example weighted CE, and the
+                zero-weight no-op ``jnp.where(sum(w) > 0, new, old)`` over the whole state;
   (c) K runs    ``jax.vmap`` of our step over K stacked TrainStates (different init seeds and
                 masks, different batches) vs calling our step K times in a Python loop;
+                K-run rows time ``steps // K`` steps per repeat and report aggregate img/s;
   (d) torch     with ``--torch``: the PyTorch eager equivalent of small_cnn (masked grads and
-                params, SGD momentum 0.9, weight decay 5e-4), ``torch.set_num_threads`` = cpu count, and = 1.
+                params, SGD momentum 0.9, weight decay 5e-4), once with ``torch.set_num_threads``
+                = cpu count and once with 1 thread.
 
 Every variant runs ``--steps`` steps per repeat from Python, one dispatch per step as in the
 library's epoch loop, and blocks once at the end (``jax.block_until_ready``). The first call
 compiles and is not timed. Repeats are interleaved round-robin over the variants so that a
-slow-down of the machine hits all of them alike; the table gives the median and the best repeat.
+slow-down of the machine hits all of them alike, and each timed repeat starts after a short
+untimed ``--settle`` sleep (a precaution: idle XLA and OpenMP workers spin for a moment before they
+sleep). The table gives the median and the best repeat. The run measures how much CPU other
+processes took meanwhile and warns when they took more than a little: PyTorch's OpenMP with one
+thread per core is the first to suffer (a run next to another job had its 2-thread rate 10x down).
 
     python benchmarks/bench_train_step.py                     # small_cnn (stride-2 convs)
     python benchmarks/bench_train_step.py --pool max          # small_cnn with 2x2 max-pooling
@@ -66,10 +72,15 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, nargs="*", default=None,
                    help="numbers of runs for vmap vs loop (none: skip)")
     p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--settle", type=float, default=0.1,
+                   help="untimed seconds of sleep before each timed repeat")
     p.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager (small_cnn)")
     args = p.parse_args(argv)
-    for name, value in DEFAULTS[args.model].items():
+    defaults = dict(DEFAULTS[args.model])
+    if args.pool == "max":  # stride-1 convs: about 10x the work of the stride-2 default
+        defaults.update(steps=10, repeats=3)
+    for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.model != "small_cnn" and args.pool != "stride":
@@ -129,8 +140,11 @@ class Runner:
         self.sync(self.one_step())  # a second call: a donated / re-laid-out state may recompile
         return time.perf_counter() - t0
 
-    def run(self):
+    def run(self, settle=0.0):
         self.before()
+        # Untimed pause: lets the other variants' spinning worker threads (XLA's pool, OpenMP's)
+        # go to sleep, so that they do not steal the cores from this one.
+        time.sleep(settle)
         t0 = time.perf_counter()
         out = None
         for _ in range(self.steps):
@@ -159,8 +173,9 @@ def ours_runner(model, args, label="ours: make_train_step"):
     return Runner(label, args.batch, args.steps, one, jax.block_until_ready)
 
 
-def plain_step_fn(model, tx, *, weighted_noop=False):
-    """The masked SGD step written by hand (``weighted_noop`` adds our zero-weight no-op)."""
+def plain_step_fn(model, tx, *, weighted=False, noop=False):
+    """The masked SGD step written by hand; ``weighted``: our per-example weighted CE;
+    ``noop``: our zero-weight no-op, ``where(sum(w) > 0, new, old)`` over the whole state."""
 
     def loss_of(params, model_state, x, y, w):
         variables = {"params": params, **model_state}
@@ -168,7 +183,7 @@ def plain_step_fn(model, tx, *, weighted_noop=False):
             logits, new_ms = model.apply(variables, x, train=True, mutable=list(model_state))
         else:
             logits, new_ms = model.apply(variables, x, train=True), model_state
-        if weighted_noop:
+        if weighted:
             return losses.cross_entropy(logits, y, w), new_ms
         ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.mean(ce), new_ms
@@ -183,7 +198,7 @@ def plain_step_fn(model, tx, *, weighted_noop=False):
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = jax.tree.map(lambda p, m: p * m, optax.apply_updates(params, updates), mask)
         new = (new_params, new_ms, new_opt, mask)
-        if weighted_noop:
+        if noop:
             active = jnp.sum(w) > 0
             new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
         return new, loss
@@ -191,10 +206,10 @@ def plain_step_fn(model, tx, *, weighted_noop=False):
     return step
 
 
-def plain_runner(model, args, label="plain JAX masked SGD", tx=None, weighted_noop=False):
+def plain_runner(model, args, label="plain JAX masked SGD", tx=None, weighted=False, noop=False):
     tx = optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM)) \
         if tx is None else tx
-    step = plain_step_fn(model, tx, weighted_noop=weighted_noop)
+    step = plain_step_fn(model, tx, weighted=weighted, noop=noop)
     params, model_state, mask = init(model, args, 0)
     fmask = jax.tree.map(lambda m: m.astype(jnp.float32), mask)
     params = jax.tree.map(lambda p, m: p * m, params, fmask)
@@ -238,10 +253,11 @@ def k_runners(model, args, k):
             out.append(m)
         return lst["s"], out
 
-    imgs = k * args.batch
+    # steps // K steps per repeat: every repeat trains on about as many images as the others.
+    imgs, steps = k * args.batch, max(3, args.steps // k)
     return (
-        Runner(f"K={k} vmap(ours)", imgs, args.steps, one_vmap, jax.block_until_ready),
-        Runner(f"K={k} loop(ours)", imgs, args.steps, one_loop, jax.block_until_ready),
+        Runner(f"K={k} vmap(ours)", imgs, steps, one_vmap, jax.block_until_ready),
+        Runner(f"K={k} loop(ours)", imgs, steps, one_loop, jax.block_until_ready),
     )
 
 
@@ -315,21 +331,45 @@ def machine_lines():
     return lines
 
 
-def cpu_busy(seconds=1.0):
-    """Fraction of all cores busy over ``seconds`` (from /proc/stat; nan where unavailable)."""
-
-    def sample():
+def _proc_stat():
+    """(total, busy) CPU jiffies over all cores since boot, or None without /proc/stat."""
+    try:
         with open("/proc/stat") as f:
             v = [int(t) for t in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
+    except (OSError, ValueError):
+        return None
+    return sum(v), sum(v) - v[3] - v[4]  # idle and iowait are not busy
 
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except OSError:
+
+def cpu_busy(seconds=1.0):
+    """Fraction of all cores busy over ``seconds`` (nan where /proc/stat is unavailable)."""
+    a = _proc_stat()
+    time.sleep(seconds)
+    b = _proc_stat()
+    if a is None or b is None:
         return float("nan")
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    return (b[1] - a[1]) / max(b[0] - a[0], 1)
+
+
+class OthersMeter:
+    """Share of the machine's CPU time that processes other than this one used meanwhile."""
+
+    def __init__(self):
+        self.stat, self.own = _proc_stat(), _own_cpu()
+
+    def share(self):
+        stat = _proc_stat()
+        if stat is None or self.stat is None:
+            return float("nan")
+        hz = os.sysconf("SC_CLK_TCK")
+        total = (stat[0] - self.stat[0]) / hz
+        busy = (stat[1] - self.stat[1]) / hz
+        return max(busy - (_own_cpu() - self.own), 0.0) / max(total, 1e-9)
+
+
+def _own_cpu():
+    t = os.times()
+    return t.user + t.system
 
 
 def _version(dist):
@@ -360,8 +400,9 @@ def main(argv=None):
     if not args.no_ablations:
         runners.append(plain_runner(model, args, "ablation: plain + inject_hyperparams tx",
                                     tx=optim.sgd(LR, MOMENTUM, WD)))
-        runners.append(plain_runner(model, args, "ablation: plain + weighted CE + zero-weight "
-                                    "no-op", weighted_noop=True))
+        runners.append(plain_runner(model, args, "ablation: plain + weighted CE", weighted=True))
+        runners.append(plain_runner(model, args, "ablation: plain + zero-weight no-op (where)",
+                                    noop=True))
     k_pairs = [k_runners(model, args, k) for k in args.k]
     runners += [r for pair in k_pairs for r in pair]
     if args.torch:
@@ -376,13 +417,15 @@ def main(argv=None):
             except ImportError as e:
                 print(f"(--torch: torch not importable, skipped: {e})\n")
 
+    meter = OthersMeter()
     for r in runners:
         t = r.warm_up()
         print(f"warm-up (compile + 2 steps) {t:7.2f} s  {r.label}", file=sys.stderr)
     for i in range(args.repeats):
         for r in runners:
-            r.run()
-        print(f"repeat {i + 1}/{args.repeats} done", file=sys.stderr)
+            r.run(settle=args.settle)
+        print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(
+            f"{r.images / r.times[-1]:,.0f}" for r in runners) + " img/s", file=sys.stderr)
 
     base = plain.rate()
     print("| variant | img/s (median) | img/s (best) | ratio vs plain JAX step |")
@@ -396,9 +439,12 @@ def main(argv=None):
         for (v, l), k in zip(k_pairs, args.k):
             print(f"| {k} | {v.rate():,.0f} | {l.rate():,.0f} | {v.rate() / l.rate():.2f} | "
                   f"{v.rate('best') / l.rate('best'):.2f} |")
+    others = meter.share()
     spread = max(max(r.times) / min(r.times) for r in runners)
-    print(f"\n(largest max/min time spread over the repeats of one variant: {spread:.2f}x; "
-          f"1-min load average after: {os.getloadavg()[0]:.2f})")
+    print(f"\nlargest max/min time spread over the repeats of one variant: {spread:.2f}x; "
+          f"other processes used {others:.1%} of the CPUs during the run")
+    if others > 0.05:
+        print("WARNING: other processes competed for the CPUs; rerun on an idle machine")
 
 
 if __name__ == "__main__":
