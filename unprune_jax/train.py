@@ -205,7 +205,6 @@ def fit(
     indices,
     cfg: TrainConfig,
     *,
-    labels: np.ndarray | None = None,
     order_pool=None,
     start_epoch: int = 0,
     snapshot_epochs: Sequence[int] = (),
@@ -217,7 +216,6 @@ def fit(
     Args:
         state: the starting state; its optimizer hyperparameters are set from ``cfg``.
         step_fn: from :func:`make_train_step`.
-        labels: per-pool-example labels to train on instead of ``dataset.y`` (e.g. random labels).
         order_pool: see :func:`epoch_order`.
         start_epoch: schedule epoch to start at (learning-rate rewinding).
         snapshot_epochs: after these (1-based) epoch counts, the state is kept in the result.
@@ -233,7 +231,6 @@ def fit(
     indices = np.asarray(indices)
     if indices.size == 0:
         raise ValueError(f"{desc}: no examples to train on")
-    labels = dataset.y if labels is None else labels
     state = state.replace(
         opt_state=optim.set_hyperparams(
             state.opt_state, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -255,7 +252,7 @@ def fit(
             disable=not progress, leave=False, unit="batch",
         )
         for b in bar:
-            state, m = step_fn(state, dataset.x[idx[b]], labels[idx[b]], w[b])
+            state, m = step_fn(state, dataset.x[idx[b]], dataset.y[idx[b]], w[b])
             out.append(m)
         out = jax.device_get(out)
         loss = np.array([m["loss"] for m in out])
