@@ -126,3 +126,80 @@ def test_similarity_by_hand():
     assert (s["only_a"], s["only_b"], s["n"]) == (1, 1, 5)
     o = {"w": jnp.array([0, 1, 1, 1, 0], bool)}  # J(o, b) = 1/5
     assert masks.delta_jaccard(a, o, b) == pytest.approx(0.5 - 0.2)
+
+
+# --- structured selection, allocation, iterative candidates ------------------------------------
+
+
+def test_layer_allocation_is_exact_and_uniform():
+    counts = masks.layer_allocation([10, 10, 10], 0.3)  # 9 to keep: 3 each
+    assert counts == [3, 3, 3]
+    counts = masks.layer_allocation([10, 10, 10], 0.25)  # round(7.5) = 8: 2.5 each → 3, 3, 2
+    assert counts == [3, 3, 2] and sum(counts) == round(0.25 * 30)
+    assert masks.layer_allocation([72, 180], 0.1) == [7, 18]
+
+
+def test_erk_allocation_by_hand():
+    # ERK weight Σdims/Πdims: (4,4) → 8/16 = 0.5, (2,8) → 10/16 = 0.625; keep 8 of 32
+    # ε·(0.5·16 + 0.625·16) = 8 → ε = 4/9: densities 0.222, 0.278 → 3.56, 4.44 → 4, 4
+    assert masks.layer_allocation([16, 16], 0.25, "erk", shapes=[(4, 4), (2, 8)]) == [4, 4]
+    # a small layer that ERK would push past 1 is capped at 1, the rest is rescaled
+    counts = masks.layer_allocation([4, 400], 0.2, "erk", shapes=[(2, 2), (20, 20)])
+    assert counts[0] == 4 and sum(counts) == round(0.2 * 404)
+
+
+def test_explicit_layer_densities_and_the_rest_share_the_budget():
+    t = tree()
+    flags = masks.prunable_leaves(t)
+    m = masks.topk_mask(masks.jax.tree.map(jnp.abs, t), 0.5, flags, "per_layer",
+                        layer_density={"conv": 1.0})
+    assert int(m["conv"]["kernel"].sum()) == 72
+    assert int(m["fc"]["kernel"].sum()) == round(0.5 * 252) - 72
+    with pytest.raises(ValueError, match="matches no prunable leaf"):
+        masks.topk_mask(t, 0.5, flags, "per_layer", layer_density={"nope": 0.5})
+
+
+def test_filter_granularity_keeps_whole_filters_by_summed_score():
+    k = np.zeros((2, 2, 1, 4), np.float32)
+    k[..., 0], k[..., 1], k[..., 2], k[..., 3] = 1.0, 3.0, 2.0, 0.5
+    t = {"conv": {"kernel": k}}
+    m = masks.topk_mask(t, 0.5, {"conv": {"kernel": True}}, "per_layer", granularity="filter")
+    np.testing.assert_array_equal(m["conv"]["kernel"][0, 0, 0], [False, True, True, False])
+    assert m["conv"]["kernel"].all(axis=(0, 1, 2)).sum() == 2  # whole filters
+
+
+def test_filter_granularity_on_a_dense_kernel_needs_permission():
+    t = tree()
+    flags = masks.prunable_leaves(t)
+    with pytest.raises(ValueError, match="dense kernel 'fc/kernel'"):
+        masks.topk_mask(t, 0.5, flags, granularity="filter")
+    m = masks.topk_mask(masks.jax.tree.map(jnp.abs, t), 0.5, flags, "per_layer",
+                        granularity="filter", allow_dense_filters=True)
+    assert np.all(m["fc"]["kernel"].all(0) | ~m["fc"]["kernel"].any(0))  # whole neurons
+
+
+def test_candidates_restrict_selection_for_iterative_pruning():
+    scores = {"w": {"kernel": jnp.arange(10.0).reshape(2, 5)}}
+    flags = {"w": {"kernel": True}}
+    first = masks.topk_mask(scores, 0.6, flags)  # keeps 4..9
+    rev = {"w": {"kernel": -scores["w"]["kernel"]}}  # now prefers the small ones
+    second = masks.topk_mask(rev, 0.3, flags, candidates=first)  # 3 of the survivors: 4, 5, 6
+    np.testing.assert_array_equal(np.ravel(second["w"]["kernel"]),
+                                  [0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+
+
+def test_emptied_layer_is_reported():
+    scores = {"a": {"kernel": jnp.ones((2, 2))}, "b": {"kernel": jnp.full((2, 8), 5.0)}}
+    flags = {"a": {"kernel": True}, "b": {"kernel": True}}
+    with pytest.warns(UserWarning, match=r"\['a/kernel'\]"):
+        masks.topk_mask(scores, 0.5, flags)
+    with pytest.raises(ValueError, match="a/kernel"):
+        masks.topk_mask(scores, 0.5, flags, on_empty_layer="error")
+
+
+def test_regrow_whole_filters():
+    mask = {"c": {"kernel": jnp.array([[True, False, False, True]] * 3)}}
+    score = {"c": {"kernel": jnp.array([[0.0, 1.0, 5.0, 0.0]] * 3)}}
+    grown = masks.regrow_mask(mask, score, 0.5, {"c": {"kernel": True}}, granularity="filter",
+                              allow_dense_filters=True)
+    np.testing.assert_array_equal(grown["c"]["kernel"], [[True, False, True, True]] * 3)

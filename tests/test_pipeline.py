@@ -21,7 +21,7 @@ TINY = [
 ]
 HAVE_FMNIST = os.path.isdir(default_data_dir())
 EXPECTED_ROWS = [
-    "dense (before pruning)", "original (pruned on D)", "retrain", "retrain + un-prune", "FT",
+    "dense (scored by the pruner)", "original (pruned on D)", "retrain", "retrain + un-prune", "FT",
     "FT + un-prune", "GA", "GA + un-prune", "gold (retrain + re-prune)",
 ]
 
@@ -40,13 +40,13 @@ def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
     res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     rows = {r["model"]: r for r in res["rows"]}
     assert list(rows) == EXPECTED_ROWS
-    assert rows["dense (before pruning)"]["IoU_gold"] is None
+    assert rows["dense (scored by the pruner)"]["IoU_gold"] is None
     for r in res["rows"][1:]:
         for key in ("UA", "RA", "TA", "IoU_gold", "hamming_gold", "delta_J", "density"):
             assert 0.0 <= r[key] <= 1.0 or key == "delta_J", (r["model"], key, r[key])
         assert r["seconds"] >= 0.0
     for name, r in rows.items():
-        if name != "dense (before pruning)":
+        if name != "dense (scored by the pruner)":
             assert r["density"] == pytest.approx(0.1, abs=1e-4)
     assert rows["gold (retrain + re-prune)"]["IoU_gold"] == 1.0
     j = res["IoU_original_gold"]
@@ -70,8 +70,9 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
     first = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
     # the saved original state round-trips bit-exactly
-    original, _ = ckpt.load_stage(tmp_path, "prune", ctx.init)
-    again, _ = ckpt.load_stage(tmp_path, "prune", ctx.init)
+    like = {"dense": ctx.init, "sparse": ctx.init}
+    original, _ = ckpt.load_stage(tmp_path, "prune", like)
+    again, _ = ckpt.load_stage(tmp_path, "prune", like)
     for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
 
@@ -80,7 +81,7 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
         raise AssertionError("a finished stage was recomputed")
 
     with monkeypatch.context() as m:
-        for mod in ("unprune_jax.pipeline", "unprune_jax.unlearn", "unprune_jax.prune"):
+        for mod in ("unprune_jax.unlearn", "unprune_jax.prune"):
             m.setattr(f"{mod}.fit", boom)
         second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert without_time(second["rows"]) == without_time(first["rows"])
@@ -95,7 +96,6 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
         return real_fit(*a, **k)
 
     monkeypatch.setattr("unprune_jax.prune.fit", counting_fit)
-    monkeypatch.setattr("unprune_jax.pipeline.fit", boom)
     monkeypatch.setattr("unprune_jax.unlearn.fit", boom)
     third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert calls == ["gold dense", "gold sparse"]

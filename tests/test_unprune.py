@@ -13,6 +13,8 @@ from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.train import TrainConfig, TrainState, make_train_step
 from unprune_jax.unprune import UnpruneConfig, unprune
 
+PCFG = prune.PruneConfig(density=0.2)
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -68,7 +70,7 @@ def test_one_round_with_identity_unlearner_matches_numpy(setup, fraction):
     s = setup
     cfg = UnpruneConfig(fraction=fraction, rounds=1)
     out, info = unprune(s["state"], s["task"], "_identity_for_tests", None, cfg,
-                        dense_params=s["dense"], density=0.2, prunable=s["flags"])
+                        dense_params=s["dense"], prune_cfg=PCFG, prunable=s["flags"])
     theta_ref, keep_ref, revived = numpy_unprune_round(
         flat(s["state"].params, s["flags"]), flat(s["state"].mask, s["flags"]),
         flat(s["dense"], s["flags"]), flat(s["init"].params, s["flags"]), fraction, 0.2)
@@ -88,13 +90,13 @@ def test_random_reinit_uses_the_given_draw_scaled(setup):
     fresh = jax.tree.map(lambda p: jnp.full_like(p, 1e-6), s["init"].params)  # tiny: re-pruned
     cfg = UnpruneConfig(fraction=0.5, reinit="random", random_scale=2.0)
     out, _ = unprune(s["state"], s["task"], "_identity_for_tests", None, cfg,
-                     dense_params=s["dense"], density=0.2, prunable=s["flags"],
+                     dense_params=s["dense"], prune_cfg=PCFG, prunable=s["flags"],
                      random_params=fresh)
     # revived entries got 2e-6, below every trained weight, so re-pruning restores the mask
     np.testing.assert_array_equal(flat(out.mask, s["flags"]), flat(s["state"].mask, s["flags"]))
     with pytest.raises(ValueError, match="random_params"):
         unprune(s["state"], s["task"], "_identity_for_tests", None, cfg,
-                dense_params=s["dense"], density=0.2, prunable=s["flags"])
+                dense_params=s["dense"], prune_cfg=PCFG, prunable=s["flags"])
 
 
 def test_rounds_keep_exact_density_and_masked_weights_zero_with_ft(setup):
@@ -102,7 +104,7 @@ def test_rounds_keep_exact_density_and_masked_weights_zero_with_ft(setup):
     cfg = UnpruneConfig(fraction=0.2, rounds=3)
     out, info = unprune(s["state"], s["task"], "FT", TrainConfig(epochs=1, lr=0.05,
                                                                  batch_size=32), cfg,
-                        dense_params=s["dense"], density=0.2, prunable=s["flags"])
+                        dense_params=s["dense"], prune_cfg=PCFG, prunable=s["flags"])
     assert len(info["rounds"]) == 3
     kept, total = masks.count(out.mask, s["flags"])
     assert kept == int(round(0.2 * total))
@@ -126,18 +128,14 @@ def test_unknown_method_suggests_the_closest():
 def test_gold_order_on_the_full_set_reproduces_the_original_pipeline(setup):
     """Gold's ordering machinery adds nothing when nothing is deleted: same mask, same weights."""
     s = setup
-    step = make_train_step(s["task"].apply_fn, s["task"].tx, losses.cross_entropy)
+    t = s["task"]
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
-    pcfg = prune.PruneConfig(density=0.2)
     train = np.arange(160)
-    a = prune.omp(s["init"], step, s["task"].tx, s["ds"], train, cfg, pcfg, s["flags"],
-                  progress=False)
-    b = prune.omp(s["init"], step, s["task"].tx, s["ds"], train, cfg, pcfg, s["flags"],
-                  order_pool=train, progress=False)
+    run = lambda pcfg, **kw: prune.run(s["init"], t.apply_fn, t.tx, s["ds"], train, cfg, pcfg,
+                                       s["flags"], progress=False, **kw)
+    a, b = run(PCFG), run(PCFG, order_pool=train)
     for x, y in zip(jax.tree.leaves(a.sparse), jax.tree.leaves(b.sparse)):
         np.testing.assert_array_equal(x, y)
     assert masks.density(a.sparse.mask, s["flags"]) == pytest.approx(0.2, abs=1e-3)
-    rewound = prune.omp(s["init"], step, s["task"].tx, s["ds"], train,
-                        dataclasses.replace(cfg, epochs=2), dataclasses.replace(pcfg, rewind_epoch=1),
-                        s["flags"], progress=False)
+    rewound = run(dataclasses.replace(PCFG, rewind_epoch=1))
     assert rewound.history["sparse"][0]["epoch"] == 2  # learning-rate schedule rewound to epoch 1

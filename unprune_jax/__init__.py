@@ -7,7 +7,7 @@ from . import checkpoint, data, losses, masks, metrics, models, optim, prune, sc
 from .data import Dataset, Split, load_dataset, make_split
 from .masks import apply_mask, density, prunable_leaves, regrow_mask, topk_mask
 from .train import DivergenceError, TrainConfig, TrainState, accuracy, fit, make_train_step
-from .prune import PruneConfig, lwm_mask, omp
+from .prune import PruneConfig, PruneResult
 from .unlearn import UnlearnTask
 from .unprune import UnpruneConfig, gold_standard, unprune
 
@@ -17,6 +17,6 @@ __all__ = [
     "checkpoint", "data", "losses", "masks", "metrics", "models", "optim", "prune", "scores",
     "unlearn", "Dataset", "Split", "load_dataset", "make_split", "apply_mask", "density",
     "prunable_leaves", "regrow_mask", "topk_mask", "DivergenceError", "TrainConfig", "TrainState",
-    "accuracy", "fit", "make_train_step", "PruneConfig", "lwm_mask", "omp", "UnlearnTask",
+    "accuracy", "fit", "make_train_step", "PruneConfig", "PruneResult", "UnlearnTask",
     "UnpruneConfig", "gold_standard", "unprune",
 ]

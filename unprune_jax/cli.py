@@ -35,11 +35,13 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from . import unlearn
+    from . import prune, unlearn
     from .data import DATASET_NAMES
     from .models import MODELS
 
-    print("pruners:\n  omp        one-shot global/per-layer magnitude pruning, rewind, retrain")
+    print("pruners:")
+    for name, (_, desc) in prune.PRUNERS.items():
+        print(f"  {name:<10} {desc}")
     print("unlearning methods:")
     for name, entry in unlearn.REGISTRY.items():
         print(f"  {name:<10} {entry.description}")

@@ -11,6 +11,7 @@ parameter paths by :func:`prunable_leaves` and recorded in the run config.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -141,6 +142,10 @@ def validate_density(density: float) -> float:
     return d
 
 
+GRANULARITIES = ("weight", "filter")
+ALLOCATIONS = ("uniform", "erk")
+
+
 def _topk_flat(scores: jax.Array, k: int, candidates: jax.Array | None = None) -> jax.Array:
     """Bool vector keeping the ``k`` largest scores; ties go to the lower index, always."""
     if candidates is not None:
@@ -150,11 +155,94 @@ def _topk_flat(scores: jax.Array, k: int, candidates: jax.Array | None = None) -
     return jnp.zeros(scores.shape, bool).at[order[:k]].set(True)
 
 
-def _keep_count(density: float, n: int, where: str) -> int:
-    k = int(round(density * n))
-    if k < 1:
-        raise ValueError(f"density {density} keeps no entry of the {n} in {where}")
-    return k
+def _unit_view(leaf, path: str, granularity: str, allow_dense_filters: bool):
+    """Scores (or a mask) per selection unit: each entry, or each output filter / neuron.
+
+    Flax kernels keep output channels last, so a filter is a slice ``leaf[..., o]``. A filter's
+    score is the sum of its entries' scores; a filter counts as kept if any entry is kept.
+    """
+    if granularity == "weight":
+        return jnp.ravel(leaf)
+    if granularity != "filter":
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if jnp.ndim(leaf) == 2 and not allow_dense_filters:
+        raise ValueError(
+            f"granularity 'filter' on the dense kernel {path!r} (shape {jnp.shape(leaf)}): pass "
+            "allow_dense_filters=True to prune its output neurons, or exclude it from the "
+            "prunable leaves"
+        )
+    if jnp.ndim(leaf) < 2:
+        raise ValueError(f"granularity 'filter' needs a kernel, {path!r} has shape "
+                         f"{jnp.shape(leaf)}")
+    axes = tuple(range(jnp.ndim(leaf) - 1))
+    if jnp.result_type(leaf) == jnp.bool_:
+        return jnp.any(leaf, axis=axes)
+    return jnp.sum(leaf.astype(jnp.float32), axis=axes)
+
+
+def _unit_expand(keep, shape, granularity: str):
+    if granularity == "weight":
+        return keep.reshape(shape)
+    return jnp.broadcast_to(keep, shape)
+
+
+def layer_allocation(
+    sizes: Sequence[int],
+    density: float,
+    allocation: str = "uniform",
+    *,
+    shapes: Sequence[tuple] | None = None,
+    fixed: dict[int, float] | None = None,
+) -> list[int]:
+    """Integer keep counts per layer summing exactly to round(density · Σ sizes).
+
+    Per-layer target densities: ``uniform`` (the same in every layer) or ``erk``
+    (Erdős–Rényi-kernel: proportional to Σ dims / Π dims of the layer's ``shapes``, layers that
+    would exceed 1 capped and the rest rescaled). ``fixed`` maps layer positions to explicit
+    densities; the other layers share what remains of the budget. Fractional counts are rounded by
+    the largest-remainder method (ties to the earlier layer), so the total is exact.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    fixed = dict(fixed or {})
+    total = int(round(density * sizes.sum()))
+    if allocation == "uniform":
+        weight = np.ones(len(sizes))
+    elif allocation == "erk":
+        if shapes is None:
+            raise ValueError("ERK allocation needs the layer shapes")
+        weight = np.array([np.sum(s) / np.prod(s) for s in shapes], np.float64)
+    else:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    dens = np.zeros(len(sizes))
+    for i, d in fixed.items():
+        dens[i] = validate_density(d)
+    free = [i for i in range(len(sizes)) if i not in fixed]
+    budget = total - sum(dens[i] * sizes[i] for i in fixed)
+    if budget < -0.5 or (budget > 0.5 and not free):
+        raise ValueError(
+            f"per-layer densities {fixed} do not fit the total density {density}: they keep "
+            f"{total - budget:.0f} of the {total} entries to keep"
+        )
+    capped: set[int] = set()
+    while free:  # cap at 1 and redistribute (only ERK can push a layer past 1)
+        rest = [i for i in free if i not in capped]
+        room = budget - sum(sizes[i] for i in capped)
+        eps = room / max(sum(weight[i] * sizes[i] for i in rest), 1e-30) if rest else 0.0
+        over = [i for i in rest if eps * weight[i] > 1.0]
+        if not over:
+            for i in capped:
+                dens[i] = 1.0
+            for i in rest:
+                dens[i] = eps * weight[i]
+            break
+        capped.update(over)
+    exact = dens * sizes
+    counts = np.floor(exact).astype(np.int64)
+    short = total - int(counts.sum())
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: max(short, 0)]:
+        counts[i] += 1
+    return [int(min(c, n)) for c, n in zip(counts, sizes)]
 
 
 def topk_mask(
@@ -162,47 +250,84 @@ def topk_mask(
     density: float,
     prunable: PyTree,
     scope: str = "global",
+    *,
+    granularity: str = "weight",
+    allocation: str = "uniform",
+    layer_density: dict[str, float] | None = None,
+    candidates: PyTree | None = None,
+    allow_dense_filters: bool = False,
+    on_empty_layer: str = "warn",
 ) -> PyTree:
-    """Keeps the highest-scoring ``density`` fraction of the prunable entries.
+    """Keeps the highest-scoring ``density`` fraction of the prunable units.
 
-    Exactly ``round(density · n)`` entries are kept: over all prunable leaves together (``global``)
-    or in each prunable leaf separately (``per_layer``). Ties go to the entry that comes first in
-    leaf order and then in row-major order. Non-prunable leaves are all-True.
+    Exactly ``round(density · n)`` units are kept, n being the number of prunable units (entries,
+    or output filters with ``granularity='filter'``): over all prunable leaves together
+    (``scope='global'``), or split over the leaves by ``allocation`` (``'per_layer'``, see
+    :func:`layer_allocation`). Ties go to the unit that comes first in leaf order, then in
+    row-major order. Non-prunable leaves are all-True.
 
     Args:
         scores: float pytree shaped like the params (higher = more important).
-        density: kept fraction, in (0, 1].
+        density: kept fraction of the prunable units, in (0, 1].
         prunable: pytree of Python bools from :func:`prunable_leaves`.
         scope: ``'global'`` or ``'per_layer'``.
+        granularity: ``'weight'`` or ``'filter'`` (whole output filters of conv kernels; of dense
+            kernels too, as output neurons, with ``allow_dense_filters``).
+        allocation: per-layer densities for ``per_layer``: ``'uniform'`` or ``'erk'``.
+        layer_density: explicit per-layer densities, ``{path regex: density}``, for ``per_layer``.
+        candidates: a mask; only its kept units may be kept (iterative pruning). The density is
+            still relative to all prunable units.
+        on_empty_layer: ``'warn'``, ``'error'`` or ``'ignore'`` when a prunable leaf keeps nothing.
     """
     density = validate_density(density)
+    if scope not in ("global", "per_layer"):
+        raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
+    if on_empty_layer not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_empty_layer must be 'warn', 'error' or 'ignore', got "
+                         f"{on_empty_layer!r}")
     leaves, treedef = jax.tree.flatten(scores)
     flags = jax.tree.leaves(prunable)
     if len(flags) != len(leaves):
         raise ValueError(f"prunable flags have {len(flags)} leaves, scores have {len(leaves)}")
-    out = [jnp.ones(jnp.shape(s), bool) for s in leaves]
+    paths = leaf_paths(scores)
+    cand = None if candidates is None else jax.tree.leaves(candidates)
     idx = [i for i, f in enumerate(flags) if f]
+    view = lambda leaf, i: _unit_view(leaf, paths[i], granularity, allow_dense_filters)
+    units = [view(leaves[i], i).astype(jnp.float32) for i in idx]
+    cunits = None if cand is None else [view(cand[i], i) for i in idx]
+    sizes = [int(u.size) for u in units]
+    total = int(round(density * sum(sizes)))
+    if total < 1:
+        raise ValueError(f"density {density} keeps no entry of the {sum(sizes)} prunable units")
     if scope == "global":
-        flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(jnp.float32) for i in idx])
-        keep = _topk_flat(flat, _keep_count(density, flat.size, "the prunable leaves"))
-        _scatter_back(keep, idx, leaves, out)
-    elif scope == "per_layer":
-        paths = leaf_paths(scores)
-        for i in idx:
-            flat = jnp.ravel(leaves[i]).astype(jnp.float32)
-            keep = _topk_flat(flat, _keep_count(density, flat.size, paths[i]))
-            out[i] = keep.reshape(jnp.shape(leaves[i]))
+        if layer_density:
+            raise ValueError("layer_density needs scope='per_layer'")
+        keep = _topk_flat(jnp.concatenate(units), total,
+                          None if cunits is None else jnp.concatenate(cunits))
+        bounds = np.cumsum([0] + sizes)
+        kept_units = [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     else:
-        raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
+        fixed = {}
+        for pattern, d in (layer_density or {}).items():
+            hits = [j for j, i in enumerate(idx) if re.search(pattern, paths[i])]
+            if not hits:
+                raise ValueError(f"layer_density pattern {pattern!r} matches no prunable leaf of "
+                                 f"{[paths[i] for i in idx]}")
+            fixed.update({j: d for j in hits})
+        counts = layer_allocation(sizes, density, allocation,
+                                  shapes=[jnp.shape(leaves[i]) for i in idx], fixed=fixed)
+        kept_units = [_topk_flat(u, k, None if cunits is None else cunits[j])
+                      for j, (u, k) in enumerate(zip(units, counts))]
+    out = [jnp.ones(jnp.shape(s), bool) for s in leaves]
+    for j, i in enumerate(idx):
+        out[i] = _unit_expand(kept_units[j], jnp.shape(leaves[i]), granularity)
+    empty = [paths[i] for j, i in enumerate(idx) if not bool(jnp.any(kept_units[j]))]
+    if empty and on_empty_layer != "ignore":
+        msg = f"density {density} ({scope}) prunes every unit of {empty}: the network is cut"
+        if on_empty_layer == "error":
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
     return jax.tree.unflatten(treedef, out)
-
-
-def _scatter_back(keep: jax.Array, idx: Iterable[int], leaves: list, out: list) -> None:
-    start = 0
-    for i in idx:
-        size = int(np.prod(jnp.shape(leaves[i])))
-        out[i] = keep[start : start + size].reshape(jnp.shape(leaves[i]))
-        start += size
 
 
 def regrow_mask(
@@ -211,29 +336,42 @@ def regrow_mask(
     fraction: float,
     prunable: PyTree,
     scope: str = "global",
+    *,
+    granularity: str = "weight",
+    allow_dense_filters: bool = False,
 ) -> PyTree:
-    """Revives the ``fraction`` of currently pruned entries with the highest scores.
+    """Revives the ``fraction`` of currently pruned units with the highest scores.
 
-    Exactly ``round(fraction · |P|)`` entries are revived, P being the pruned prunable entries
-    (globally or per leaf, as ``scope`` says); ties go to the lower index. Kept entries stay kept.
+    Exactly ``round(fraction · |P|)`` units are revived, P being the pruned prunable units (entries
+    or whole output filters; globally or per leaf, as ``scope`` says); ties go to the lower index.
+    Kept units stay kept.
     """
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"regrow fraction must be in [0, 1], got {fraction!r}")
+    if scope not in ("global", "per_layer"):
+        raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
     check_mask(scores, mask)
     m_leaves, treedef = jax.tree.flatten(mask)
     s_leaves = jax.tree.leaves(scores)
+    paths = leaf_paths(mask)
     flags = jax.tree.leaves(prunable)
     out = list(m_leaves)
     idx = [i for i, f in enumerate(flags) if f]
-    if scope not in ("global", "per_layer"):
-        raise ValueError(f"scope must be 'global' or 'per_layer', got {scope!r}")
+    view = lambda leaf, i: _unit_view(leaf, paths[i], granularity, allow_dense_filters)
     groups = [idx] if scope == "global" else [[i] for i in idx]
     for group in groups:
-        m = jnp.concatenate([jnp.ravel(m_leaves[i]) for i in group])
-        s = jnp.concatenate([jnp.ravel(s_leaves[i]).astype(jnp.float32) for i in group])
+        m = jnp.concatenate([view(m_leaves[i], i) for i in group])
+        s = jnp.concatenate([view(s_leaves[i], i).astype(jnp.float32) for i in group])
         k = int(round(float(fraction) * int(jnp.sum(~m))))
         grown = m | _topk_flat(s, k, candidates=~m) if k > 0 else m
-        _scatter_back(grown, group, m_leaves, out)
+        start = 0
+        for i in group:
+            n = int(view(m_leaves[i], i).size)
+            unit = grown[start:start + n]
+            start += n
+            # weights of a kept filter keep their own (unstructured) mask entries
+            out[i] = m_leaves[i] | _unit_expand(unit & ~view(m_leaves[i], i),
+                                                jnp.shape(m_leaves[i]), granularity)
     return jax.tree.unflatten(treedef, out)
 
 

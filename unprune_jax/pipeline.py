@@ -1,4 +1,4 @@
-"""The experiment pipeline: split → train → prune → unlearn → un-prune → gold → evaluate.
+"""The experiment pipeline: split → prune (incl. training) → unlearn → un-prune → gold → evaluate.
 
 Each stage is saved with Orbax under ``RUN_DIR/stages/`` (state, mask, metrics and timing); a
 rerun loads finished stages and resumes at the first unfinished one. The data split (indices),
@@ -26,7 +26,7 @@ from . import unlearn as unlearn_lib
 from .config import Config, save_config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
 from .models import get_model, init_model, make_apply_fn
-from .train import TrainState, fit, make_train_step
+from .train import TrainState
 from .unprune import gold_standard, unprune
 
 log = logging.getLogger("unprune_jax")
@@ -46,10 +46,6 @@ class Context:
     prunable: Any
     progress: bool
     say: Callable[[str], None]
-
-    @property
-    def step(self):
-        return make_train_step(self.apply_fn, self.tx, losses.cross_entropy)
 
     def task(self) -> unlearn_lib.UnlearnTask:
         return unlearn_lib.UnlearnTask(
@@ -97,9 +93,9 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print)
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
     init = TrainState.create(params, model_state, tx, seed=cfg.model.seed)
-    prunable = masks_lib.prunable_leaves(
+    prunable = prune_lib.prunable_for(cfg.prune, masks_lib.prunable_leaves(
         params, cfg.model.prunable_include, cfg.model.prunable_exclude
-    )
+    ), params)
     say(
         f"data {dataset.name}: train {split.train.size} (retain {split.retain.size}, forget "
         f"{split.forget.size}), test {split.test.size}; model {cfg.model.name}, prunable "
@@ -135,40 +131,17 @@ def _diff_keys(a, b, prefix=""):
 # --- stages ---------------------------------------------------------------------------------------
 
 
-def stage_train(ctx: Context):
-    """Dense training on D from θ_0; keeps the rewind point."""
-    cfg = ctx.cfg
+def stage_prune(ctx: Context):
+    """The original sparse model: pruner ``prune.method`` on D from θ_0."""
 
     def compute():
-        dense, hist, snaps = fit(
-            ctx.init, ctx.step, ctx.dataset, ctx.split.train, cfg.train,
-            snapshot_epochs=(cfg.prune.rewind_epoch,), desc="dense", progress=ctx.progress,
+        res = prune_lib.run(
+            ctx.init, ctx.apply_fn, ctx.tx, ctx.dataset, ctx.split.train, ctx.cfg.train,
+            ctx.cfg.prune, ctx.prunable, progress=ctx.progress,
         )
-        return {"dense": dense, "rewind": snaps[cfg.prune.rewind_epoch]}, {"history": hist}
+        return {"dense": res.dense, "sparse": res.sparse}, {"history": res.history}
 
-    return ctx.stage("train", {"dense": ctx.init, "rewind": ctx.init}, compute)
-
-
-def stage_prune(ctx: Context, trained):
-    """OMP: mask from the dense weights, rewind, sparse retraining on D."""
-    cfg = ctx.cfg
-
-    def compute():
-        start = prune_lib.prune_and_rewind(
-            trained["dense"], trained["rewind"], cfg.prune, ctx.prunable, ctx.tx
-        )
-        retrain = dataclasses.replace(
-            cfg.train,
-            epochs=cfg.train.epochs if cfg.prune.retrain_epochs is None
-            else cfg.prune.retrain_epochs,
-        )
-        sparse, hist, _ = fit(
-            start, ctx.step, ctx.dataset, ctx.split.train, retrain,
-            start_epoch=cfg.prune.rewind_epoch, desc="sparse", progress=ctx.progress,
-        )
-        return sparse, {"history": hist, "density": masks_lib.density(sparse.mask, ctx.prunable)}
-
-    return ctx.stage("prune", ctx.init, compute)
+    return ctx.stage("prune", {"dense": ctx.init, "sparse": ctx.init}, compute)
 
 
 def _unlearn_meta(metrics: dict) -> dict:
@@ -201,8 +174,8 @@ def stage_unprune(ctx: Context, original: TrainState, dense_params, method: str)
             )
         state, info = unprune(
             original, ctx.task(), method, cfg.method_config(method), cfg.unprune,
-            dense_params=dense_params, density=cfg.prune.density, prunable=ctx.prunable,
-            scope=cfg.prune.scope, random_params=random_params,
+            dense_params=dense_params, prune_cfg=cfg.prune, prunable=ctx.prunable,
+            random_params=random_params,
         )
         diverged = [r["method"]["diverged"] for r in info["rounds"] if "diverged" in r["method"]]
         meta = {**info, "method_seconds": info["seconds"]}
@@ -212,7 +185,7 @@ def stage_unprune(ctx: Context, original: TrainState, dense_params, method: str)
 
 
 def stage_gold(ctx: Context):
-    """Gold standard: the same OMP pipeline from θ_0 on D_r, same data order minus D_f."""
+    """Gold standard: the same pruner from θ_0 on D_r, same data order minus D_f."""
     cfg = ctx.cfg
 
     def compute():
@@ -276,16 +249,16 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print) -
     """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON."""
     t_start = time.perf_counter()
     ctx = build_context(cfg, run_dir, progress=progress, say=say)
-    trained, train_meta = stage_train(ctx)
-    original, prune_meta = stage_prune(ctx, trained)
+    pruned, prune_meta = stage_prune(ctx)
+    original = pruned["sparse"]
     states = {
-        "dense (before pruning)": (trained["dense"], train_meta),
+        "dense (scored by the pruner)": (pruned["dense"], prune_meta),
         "original (pruned on D)": (original, prune_meta),
     }
     for method in cfg.unlearn.methods:
         states[method] = stage_unlearn(ctx, original, method)
         states[f"{method} + un-prune"] = stage_unprune(
-            ctx, original, trained["dense"].params, method
+            ctx, original, pruned["dense"].params, method
         )
     gold, gold_meta = stage_gold(ctx)
     states["gold (retrain + re-prune)"] = (gold["sparse"], gold_meta)

@@ -1,46 +1,150 @@
-"""Pruners: drivers that return a new state and mask, never mutating their inputs.
+"""Pruners: drivers that return new states and a mask, never mutating their inputs.
 
-OMP (one-shot magnitude pruning), as the field runs it: train dense, keep the top-``density``
-fraction of |θ| (globally or per layer), rewind the kept weights to θ_0 or to the weights after an
-early epoch (with the learning-rate schedule rewound to that epoch), then retrain under the mask.
+Every pruner has one signature (see :func:`run`) and returns a :class:`PruneResult`: the sparse,
+trained model, and the ``dense`` model whose weights the pruner scored last (its stored magnitudes
+are un-pruning's default regrow score). The gold standard reruns the same pruner on D_r.
+
+- ``omp``: train dense, keep the top-``density`` fraction by |θ|, rewind to θ_0 or to the weights
+  after epoch k (with the learning-rate schedule resumed at k), retrain under the mask.
+- ``imp``: R rounds of train → prune to density d^{r/R} among the survivors → rewind; then train.
+  Each round removes the fraction 1 − d^{1/R} of the remaining weights; after R rounds exactly
+  round(d·n) are left.
+- ``synflow``: pruning at initialisation by iterative SynFlow (exponential schedule), then train.
+- ``snip``: one-shot SNIP at initialisation on a batch of the training data, then train.
+- ``random``: a uniformly random mask at initialisation, then train (control).
+- ``sfp``: soft filter pruning: before training and after every epoch, zero the lowest-L2 output
+  filters of every conv layer; zeroed filters keep training; the last epoch's mask is final.
+  A zeroed filter can only regrow if gradient reaches it: through a residual addition (ResNet's
+  second conv of a block) or a non-saturating activation it does; behind conv → (BN →) ReLU with
+  a zero bias it outputs ReLU(0) = 0 with ReLU'(0) = 0 and stays dead, so on such layers (all of
+  our ``small_cnn``) SFP acts as filter pruning at initialisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
+from typing import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
 from .data import Dataset
-from .train import TrainConfig, TrainState, fit
+from .train import TrainConfig, TrainState, fit, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
-    """One-shot magnitude pruning.
+    """The pruner and how it selects.
 
     Attributes:
-        density: fraction of prunable weights kept, in (0, 1] (0.1 = 90% sparsity).
-        scope: ``'global'`` (one threshold over all prunable layers) or ``'per_layer'``.
-        rewind_epoch: 0 rewinds to θ_0 (lottery-ticket style); k > 0 to the dense weights after
-            epoch k, with the learning-rate schedule resumed at epoch k.
-        retrain_epochs: sparse retraining epochs; None = as many as the dense training.
+        method: a pruner of :data:`PRUNERS`.
+        density: fraction of prunable units kept, in (0, 1] (0.1 = 90% sparsity). For ``sfp`` the
+            fraction of filters kept in every conv layer.
+        scope: ``'global'`` (one ranking over all prunable layers) or ``'per_layer'``.
+        granularity: ``'weight'`` or ``'filter'`` (whole output filters).
+        allocation: per-layer densities for ``per_layer``: ``'uniform'`` or ``'erk'``.
+        layer_density: explicit per-layer densities ``{path regex: density}`` (``per_layer``).
+        allow_dense_filters: with ``granularity='filter'``, prune dense kernels' output neurons
+            too; otherwise dense kernels are left out of filter pruning.
+        on_empty_layer: ``'warn'``, ``'error'`` or ``'ignore'`` when a layer keeps nothing.
+        rewind_epoch: 0 rewinds to θ_0; k > 0 to the dense weights after epoch k (omp, imp).
+        retrain_epochs: epochs of the final sparse training; None = ``train.epochs``.
+        rounds: IMP rounds R.
+        synflow_iterations: SynFlow scoring rounds (exponential density schedule).
+        synflow_dtype: ``'float32'`` or ``'float64'``.
+        snip_batch: examples SNIP scores on.
+        sfp_zero_bn: SFP also zeroes the batch-norm scale and bias of pruned filters (He et al.
+            do not; a zeroed filter then still outputs the BN bias).
+        sfp_prune_at_init: SFP also prunes before the first epoch (He et al. do). With False the
+            first pruning comes after epoch 1, from trained weights.
+        seed: for random masks and the SNIP batch.
     """
 
     method: str = "omp"
     density: float = 0.1
     scope: str = "global"
+    granularity: str = "weight"
+    allocation: str = "uniform"
+    layer_density: dict = dataclasses.field(default_factory=dict)
+    allow_dense_filters: bool = False
+    on_empty_layer: str = "warn"
     rewind_epoch: int = 0
     retrain_epochs: int | None = None
+    rounds: int = 3
+    synflow_iterations: int = 100
+    synflow_dtype: str = "float32"
+    snip_batch: int = 256
+    sfp_zero_bn: bool = False
+    sfp_prune_at_init: bool = True
+    seed: int = 0
 
     def __post_init__(self):
         masks_lib.validate_density(self.density)
-        if self.method != "omp":
-            raise ValueError(f"unknown pruner {self.method!r}; available: ['omp']")
-        if self.scope not in ("global", "per_layer"):
-            raise ValueError(f"scope must be 'global' or 'per_layer', got {self.scope!r}")
-        if self.rewind_epoch < 0:
-            raise ValueError(f"rewind_epoch must be ≥ 0, got {self.rewind_epoch}")
+        if self.method not in PRUNERS:
+            close = difflib.get_close_matches(self.method, list(PRUNERS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown pruner {self.method!r}; known: {sorted(PRUNERS)}.{hint}")
+        checks = {
+            "scope": (self.scope, ("global", "per_layer")),
+            "granularity": (self.granularity, masks_lib.GRANULARITIES),
+            "allocation": (self.allocation, masks_lib.ALLOCATIONS),
+            "on_empty_layer": (self.on_empty_layer, ("warn", "error", "ignore")),
+            "synflow_dtype": (self.synflow_dtype, ("float32", "float64")),
+        }
+        for name, (value, valid) in checks.items():
+            if value not in valid:
+                raise ValueError(f"prune.{name} must be one of {list(valid)}, got {value!r}")
+        for name in ("rewind_epoch",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"prune.{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("rounds", "synflow_iterations", "snip_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"prune.{name} must be ≥ 1, got {getattr(self, name)}")
+        for pattern, d in self.layer_density.items():
+            masks_lib.validate_density(d)
+
+    def selection(self) -> dict:
+        """Keyword arguments of ``masks.topk_mask`` for this pruner (SFP: per-layer filters)."""
+        structured = self.method == "sfp"
+        return {
+            "scope": "per_layer" if structured else self.scope,
+            "granularity": "filter" if structured else self.granularity,
+            "allocation": self.allocation,
+            "layer_density": self.layer_density or None,
+            "allow_dense_filters": self.allow_dense_filters,
+            "on_empty_layer": self.on_empty_layer,
+        }
+
+
+def prunable_for(cfg: PruneConfig, prunable, params):
+    """The prunable flags this pruner acts on: for filter pruning without
+    ``allow_dense_filters``, dense (2-D) kernels are left out."""
+    if cfg.selection()["granularity"] != "filter" or cfg.allow_dense_filters:
+        return prunable
+    out = jax.tree.map(lambda f, p: bool(f and jnp.ndim(p) != 2), prunable, params)
+    if not any(jax.tree.leaves(out)):
+        raise ValueError("filter pruning found no conv kernel among the prunable leaves; set "
+                         "prune.allow_dense_filters = true to prune dense neurons")
+    return out
+
+
+def select(scores, density: float, cfg: PruneConfig, prunable, candidates=None):
+    """The mask keeping the top ``density`` of ``scores`` as ``cfg`` selects."""
+    return masks_lib.topk_mask(scores, density, prunable, candidates=candidates,
+                               **cfg.selection())
+
+
+def reprune_scores(params, cfg: PruneConfig):
+    """The score for (re-)pruning trained weights: |θ|, or filter L2 norms for filter masks."""
+    if cfg.selection()["granularity"] == "filter":
+        return scores_lib.filter_l2(params)
+    return scores_lib.magnitude(params)
 
 
 def lwm_mask(params, density: float, prunable, scope: str = "global"):
@@ -48,26 +152,176 @@ def lwm_mask(params, density: float, prunable, scope: str = "global"):
     return masks_lib.topk_mask(scores_lib.magnitude(params), density, prunable, scope)
 
 
-def prune_and_rewind(dense: TrainState, rewind: TrainState, cfg: PruneConfig, prunable, tx):
-    """The mask from the trained dense weights, applied to the rewind point's weights.
-
-    Returns a state holding ``rewind``'s weights and model state under the new mask, with a fresh
-    optimizer state and ``rewind``'s step counter.
-    """
-    mask = lwm_mask(dense.params, cfg.density, prunable, cfg.scope)
-    return rewind.with_mask(mask, tx)
-
-
 @dataclasses.dataclass(frozen=True)
-class OMPResult:
+class PruneResult:
+    """``sparse``: the pruned, trained model. ``dense``: the weights the pruner scored last
+    (trained dense weights for omp and imp's first round, the last epoch's weights before the
+    final soft pruning for sfp, θ_0 for pruning at initialisation)."""
+
     dense: TrainState
     sparse: TrainState
     history: dict
 
 
-def omp(
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    init: TrainState
+    apply_fn: Callable
+    tx: object
+    dataset: Dataset
+    indices: np.ndarray
+    train_cfg: TrainConfig
+    cfg: PruneConfig
+    prunable: object
+    order_pool: object
+    desc: str
+    progress: bool
+
+    @property
+    def step(self):
+        return make_train_step(self.apply_fn, self.tx, losses_lib.cross_entropy)
+
+    def fit(self, state, what, *, epochs=None, start_epoch=0, snapshot_epochs=()):
+        cfg = self.train_cfg if epochs is None else dataclasses.replace(self.train_cfg,
+                                                                        epochs=epochs)
+        return fit(state, self.step, self.dataset, self.indices, cfg,
+                   order_pool=self.order_pool, start_epoch=start_epoch,
+                   snapshot_epochs=snapshot_epochs, desc=f"{self.desc}{what}",
+                   progress=self.progress)
+
+    def retrain(self, start, start_epoch=0):
+        epochs = self.cfg.retrain_epochs
+        return self.fit(start, "sparse", epochs=epochs, start_epoch=start_epoch)
+
+    def check_rewind(self):
+        if self.cfg.rewind_epoch > self.train_cfg.epochs:
+            raise ValueError(f"prune.rewind_epoch {self.cfg.rewind_epoch} is after the last "
+                             f"dense epoch {self.train_cfg.epochs}")
+
+
+def _omp(r: _Run) -> PruneResult:
+    r.check_rewind()
+    k = r.cfg.rewind_epoch
+    dense, dense_hist, snaps = r.fit(r.init, "dense", snapshot_epochs=(k,))
+    mask = select(scores_lib.magnitude(dense.params), r.cfg.density, r.cfg, r.prunable)
+    sparse, hist, _ = r.retrain(snaps[k].with_mask(mask, r.tx), start_epoch=k)
+    return PruneResult(dense, sparse, {"dense": dense_hist, "sparse": hist})
+
+
+def _imp(r: _Run) -> PruneResult:
+    r.check_rewind()
+    k, rounds = r.cfg.rewind_epoch, r.cfg.rounds
+    state, mask, history, dense, rewind = r.init, None, {}, None, None
+    for i in range(1, rounds + 1):
+        trained, hist, snaps = r.fit(state, f"round {i}/{rounds} ",
+                                     start_epoch=0 if i == 1 else k,
+                                     snapshot_epochs=(k,) if i == 1 else ())
+        if i == 1:
+            dense, rewind = trained, snaps[k]
+        history[f"round{i}"] = hist
+        mask = select(scores_lib.magnitude(trained.params), r.cfg.density ** (i / rounds),
+                      r.cfg, r.prunable, candidates=mask)
+        state = rewind.with_mask(mask, r.tx)
+    sparse, hist, _ = r.retrain(state, start_epoch=k)
+    history["sparse"] = hist
+    return PruneResult(dense, sparse, history)
+
+
+def _at_init(r: _Run, mask) -> PruneResult:
+    sparse, hist, _ = r.retrain(r.init.with_mask(mask, r.tx))
+    return PruneResult(r.init, sparse, {"sparse": hist})
+
+
+def _synflow(r: _Run) -> PruneResult:
+    mask = masks_lib.full_mask(r.init.params)
+    n = r.cfg.synflow_iterations
+    shape = tuple(r.dataset.x.shape[1:])
+    dtype = jnp.float64 if r.cfg.synflow_dtype == "float64" else jnp.float32
+    for k in range(1, n + 1):
+        s = scores_lib.synflow(r.init.params, r.init.model_state, r.apply_fn, shape, mask=mask,
+                               dtype=dtype)
+        mask = select(s, r.cfg.density ** (k / n), r.cfg, r.prunable, candidates=mask)
+    return _at_init(r, mask)
+
+
+def _snip(r: _Run) -> PruneResult:
+    rng = np.random.default_rng(r.cfg.seed)
+    batch = np.sort(rng.choice(r.indices, min(r.cfg.snip_batch, r.indices.size), replace=False))
+    s = scores_lib.snip(r.init.params, r.init.model_state, r.apply_fn,
+                        r.dataset.x[batch], r.dataset.y[batch])
+    return _at_init(r, select(s, r.cfg.density, r.cfg, r.prunable))
+
+
+def _random(r: _Run) -> PruneResult:
+    s = scores_lib.random(r.init.params, jax.random.PRNGKey(r.cfg.seed))
+    return _at_init(r, select(s, r.cfg.density, r.cfg, r.prunable))
+
+
+def bn_partner(params, kernel_path: str) -> str | None:
+    """Path of the batch norm that normalises a conv's output channels, by naming convention:
+    ``.../convN`` → ``.../bnN``, ``X`` → ``X_bn`` (our ResNet's stem and shortcuts)."""
+    module = kernel_path.rsplit("/", 1)[0]
+    head, _, last = module.rpartition("/")
+    prefix = f"{head}/" if head else ""
+    for name in (re.sub(r"conv", "bn", last), f"{last}_bn"):
+        node = params
+        for part in f"{prefix}{name}".split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "scale" in node:
+            return f"{prefix}{name}"
+    return None
+
+
+def zero_bn_of_pruned_filters(params, mask, prunable):
+    """Zeroes the batch-norm scale and bias of every output channel whose filter is pruned."""
+    params = jax.tree.map(lambda p: p, params)  # a copy we may write into
+    for path, m, f in zip(masks_lib.leaf_paths(mask), jax.tree.leaves(mask),
+                          jax.tree.leaves(prunable)):
+        bn = bn_partner(params, path) if f and jnp.ndim(m) == 4 else None
+        if bn is None:
+            continue
+        keep = jnp.any(m, axis=(0, 1, 2))
+        node = params
+        for part in bn.split("/"):
+            node = node[part]
+        for key in ("scale", "bias"):
+            node[key] = jnp.where(keep, node[key], 0.0)
+    return params
+
+
+def _sfp(r: _Run) -> PruneResult:
+    cfg = r.cfg
+
+    def soft_prune(state):
+        mask = select(scores_lib.filter_l2(state.params), cfg.density, cfg, r.prunable)
+        params = masks_lib.apply_mask(state.params, mask)
+        if cfg.sfp_zero_bn:
+            params = zero_bn_of_pruned_filters(params, mask, r.prunable)
+        return state.replace(params=params), mask
+
+    state, mask = soft_prune(r.init) if cfg.sfp_prune_at_init else (r.init, r.init.mask)
+    history, scored = [], state
+    for epoch in range(r.train_cfg.epochs):
+        scored, hist, _ = r.fit(state, "soft ", epochs=1, start_epoch=epoch)
+        state, mask = soft_prune(scored)
+        history += hist
+    sparse = state.with_mask(mask, r.tx)
+    return PruneResult(scored, sparse, {"soft": history, "zero_bn": cfg.sfp_zero_bn})
+
+
+PRUNERS: dict[str, tuple[Callable[[_Run], PruneResult], str]] = {
+    "omp": (_omp, "one-shot magnitude pruning after training, rewind, sparse retraining"),
+    "imp": (_imp, "iterative magnitude pruning: R rounds of train, prune, rewind"),
+    "synflow": (_synflow, "SynFlow at initialisation (data-free, iterative), then training"),
+    "snip": (_snip, "SNIP at initialisation on a training batch, then training"),
+    "random": (_random, "random mask at initialisation, then training (control)"),
+    "sfp": (_sfp, "soft filter pruning: zero the lowest-L2 filters after every epoch"),
+}
+
+
+def run(
     init: TrainState,
-    step_fn,
+    apply_fn,
     tx,
     dataset: Dataset,
     indices,
@@ -78,26 +332,14 @@ def omp(
     order_pool=None,
     desc: str = "",
     progress: bool = True,
-) -> OMPResult:
-    """Train dense from ``init`` on ``dataset[indices]``, prune by magnitude, rewind, retrain.
+) -> PruneResult:
+    """Runs pruner ``cfg.method`` from ``init`` on ``dataset[indices]``.
 
-    ``order_pool`` fixes the data order (see ``train.epoch_order``): the gold standard passes the
-    full training set so that its run sees the retained examples in the original order.
+    ``prunable`` is narrowed by :func:`prunable_for`. ``order_pool`` fixes the data order (see
+    ``train.epoch_order``): the gold standard passes the full training set so that its run sees
+    the retained examples in the original order.
     """
-    if cfg.rewind_epoch > train_cfg.epochs:
-        raise ValueError(
-            f"rewind_epoch {cfg.rewind_epoch} is after the last dense epoch {train_cfg.epochs}"
-        )
-    dense, dense_hist, snaps = fit(
-        init, step_fn, dataset, indices, train_cfg, order_pool=order_pool,
-        snapshot_epochs=(cfg.rewind_epoch,), desc=f"{desc}dense", progress=progress,
-    )
-    start = prune_and_rewind(dense, snaps[cfg.rewind_epoch], cfg, prunable, tx)
-    retrain = dataclasses.replace(
-        train_cfg, epochs=train_cfg.epochs if cfg.retrain_epochs is None else cfg.retrain_epochs
-    )
-    sparse, sparse_hist, _ = fit(
-        start, step_fn, dataset, indices, retrain, order_pool=order_pool,
-        start_epoch=cfg.rewind_epoch, desc=f"{desc}sparse", progress=progress,
-    )
-    return OMPResult(dense, sparse, {"dense": dense_hist, "sparse": sparse_hist})
+    r = _Run(init, apply_fn, tx, dataset, np.asarray(indices), train_cfg, cfg,
+             prunable_for(cfg, prunable, init.params), order_pool, desc, progress)
+    return PRUNERS[cfg.method][0](r)
+

@@ -1,9 +1,19 @@
-"""Pruning and regrow scores: ``f(params, ...) -> score pytree`` shaped like the params."""
+"""Pruning and regrow scores: ``f(params, ...) -> score pytree`` shaped like the params.
+
+Higher = more important. Every score is a pure function; data-driven scores take the batch they
+are computed on, so the retained data can drive them (for un-pruning and the gold standard).
+"""
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from . import losses as losses_lib
+from . import masks as masks_lib
 
 
 def magnitude(params):
@@ -11,4 +21,97 @@ def magnitude(params):
     return jax.tree.map(jnp.abs, params)
 
 
-SCORES = {"magnitude": magnitude}
+def random(params, key):
+    """Uniform random scores in [0, 1): a random-pruning control."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [jax.random.uniform(k, jnp.shape(p)) for k, p in zip(keys, leaves)]
+    )
+
+
+def _loss_grad(params, model_state, apply_fn, x, y, w, mask):
+    if mask is not None:
+        params = masks_lib.apply_mask(params, mask)
+    w = jnp.ones(y.shape, jnp.float32) if w is None else w
+
+    def loss(p):
+        return losses_lib.cross_entropy(apply_fn(p, model_state, x, False)[0], y, w)
+
+    grads = jax.grad(loss)(params)
+    return grads if mask is None else masks_lib.apply_mask(grads, mask)
+
+
+def snip(params, model_state, apply_fn, x, y, *, weights=None, mask=None, grad_only=False):
+    """SNIP connection sensitivity |θ ⊙ ∇_θ L(θ; x, y)| (Lee et al., 2019).
+
+    The loss is the (weighted) mean cross-entropy in eval mode. ``grad_only=True`` drops the θ
+    factor, |∇_θ L|, which is what Unlearn-Sparse's ``snip_importance_score`` computes.
+    With ``mask``, the loss is evaluated at θ ⊙ M and pruned entries score 0.
+    """
+    grads = _loss_grad(params, model_state, apply_fn, x, y, weights, mask)
+    if grad_only:
+        return jax.tree.map(jnp.abs, grads)
+    return jax.tree.map(lambda p, g: jnp.abs(p * g), params, grads)
+
+
+def saliency(params, model_state, apply_fn, x, y, *, weights=None, mask=None):
+    """Gradient saliency |∇_θ L| on the given (forget) data, as SalUn uses it."""
+    return snip(params, model_state, apply_fn, x, y, weights=weights, mask=mask, grad_only=True)
+
+
+def synflow(params, model_state, apply_fn: Callable, input_shape, *, mask=None,
+            dtype=jnp.float32):
+    """SynFlow (Tanaka et al., 2020): |θ ⊙ ∂R/∂θ| with R = Σ f_{|θ|}(𝟙), data-free.
+
+    The network is linearised (every parameter and model-state entry replaced by its absolute
+    value), fed one all-ones input of shape ``(1, *input_shape)`` in eval mode, and R is the sum
+    of its outputs. ``dtype=jnp.float64`` computes in double precision (deep nets overflow in
+    float32); the scores come back in float32 either way.
+    """
+    if mask is not None:
+        params = masks_lib.apply_mask(params, mask)
+    if jnp.dtype(dtype) == jnp.float64:
+        with jax.enable_x64(True):
+            return _synflow(params, model_state, apply_fn, tuple(input_shape), "float64")
+    return _synflow(params, model_state, apply_fn, tuple(input_shape), "float32")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _synflow(params, model_state, apply_fn, input_shape, dtype):
+    cast = lambda t: jax.tree.map(lambda a: jnp.abs(jnp.asarray(a, dtype)), t)
+    p, s = cast(params), cast(model_state)
+
+    def r(p):
+        return jnp.sum(apply_fn(p, s, jnp.ones((1, *input_shape), dtype), False)[0])
+
+    grads = jax.grad(r)(p)
+    return jax.tree.map(lambda a, g: (a * g).astype(jnp.float32), p, grads)
+
+
+def filter_l2(params):
+    """Each entry scored by the L2 norm of its output filter (conv) or output neuron (dense).
+
+    Flax kernels keep output channels last (HWIO, or (in, out)): the norm is taken over all other
+    axes and broadcast back, so every weight of a filter carries the filter's score. Vectors
+    (biases) score by magnitude.
+    """
+
+    def norm(p):
+        if jnp.ndim(p) < 2:
+            return jnp.abs(p)
+        axes = tuple(range(jnp.ndim(p) - 1))
+        return jnp.broadcast_to(jnp.sqrt(jnp.sum(jnp.square(p), axis=axes, keepdims=True)),
+                                jnp.shape(p))
+
+    return jax.tree.map(norm, params)
+
+
+SCORES = {
+    "magnitude": "|θ|",
+    "random": "uniform random (control)",
+    "snip": "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)",
+    "synflow": "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free",
+    "filter_l2": "L2 norm of each output filter / neuron",
+    "saliency": "|∇L| on the forget data (SalUn)",
+}

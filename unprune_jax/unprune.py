@@ -10,7 +10,8 @@ rounds:
 2. *Re-initialise* the revived entries: ``'theta0'`` sets them to their initial values (the paper's
    better variant); ``'random'`` to a fresh draw of the model's initialiser times ``random_scale``.
 3. *Unlearn* with any registered unlearning method on the denser masked model.
-4. *Re-prune* to the target density by lowest weight magnitude, with the original pruner's scope.
+4. *Re-prune* to the target density by lowest weight magnitude (filter L2 norm for structured
+   masks), with the original pruner's scope, granularity and allocation.
 
 The output is θ ⊙ M. The gold standard (``gold_standard``) reruns the original pipeline (same
 θ_0, same data order with D_f removed, same pruner) on D_r.
@@ -74,22 +75,22 @@ def unprune(
     cfg: UnpruneConfig,
     *,
     dense_params,
-    density: float,
+    prune_cfg: prune_lib.PruneConfig,
     prunable,
-    scope: str = "global",
     random_params=None,
     on_divergence: str = "keep_last_good",
 ):
     """Algorithm 1: K rounds of regrow → re-initialise → unlearn → re-prune.
 
     Args:
-        state: the trained sparse model (mask M, density ``density``).
+        state: the trained sparse model (mask M).
         task: the unlearning task (D_r, D_f, θ_0 in ``task.init``).
         method: a registered unlearning method; ``method_cfg`` its settings (None = defaults).
         dense_params: the dense weights the original pruner scored (regrow score ``'dense'``).
-        density: the target density to re-prune to.
-        prunable: flags from ``masks.prunable_leaves``.
-        scope: the original pruner's scope, ``'global'`` or ``'per_layer'``.
+        prune_cfg: the original pruner's config: its density is the target, its scope,
+            granularity and allocation are re-used to regrow and re-prune (whole filters for
+            structured masks, scored by their L2 norm).
+        prunable: flags from ``masks.prunable_leaves`` (narrowed as the pruner narrows them).
         random_params: a fresh initialiser draw (required for ``reinit='random'``).
         on_divergence: passed to ``unlearn.run``; by default a diverging method's last good state
             is re-pruned and the divergence recorded in the round's info.
@@ -106,18 +107,24 @@ def unprune(
         else jax.tree.map(lambda p: p * cfg.random_scale, random_params)
     )
     score = scores_lib.magnitude(regrow_from)
+    prunable = prune_lib.prunable_for(prune_cfg, prunable, state.params)
+    sel = prune_cfg.selection()
     rounds = []
     t0 = time.perf_counter()
     for k in range(cfg.rounds):
         before = state.mask
-        grown = masks_lib.regrow_mask(before, score, cfg.fraction, prunable, scope)
+        grown = masks_lib.regrow_mask(
+            before, score, cfg.fraction, prunable, sel["scope"], granularity=sel["granularity"],
+            allow_dense_filters=sel["allow_dense_filters"],
+        )
         revived = jax.tree.map(lambda g, m: g & ~m, grown, before)
         state = state.with_mask(grown, task.tx, reinit_revived(state.params, revived, source))
         grown_density = masks_lib.density(grown, prunable)
         state, metrics = unlearn_lib.run(
             method, state, task, method_cfg, on_divergence=on_divergence
         )
-        mask = prune_lib.lwm_mask(state.params, density, prunable, scope)
+        mask = prune_lib.select(prune_lib.reprune_scores(state.params, prune_cfg),
+                                prune_cfg.density, prune_cfg, prunable)
         state = state.with_mask(mask, task.tx)
         rounds.append(
             {
@@ -139,16 +146,15 @@ def gold_standard(
     *,
     order_pool,
 ):
-    """Retrain + re-prune: the original OMP pipeline from θ_0, on D_r only.
+    """Retrain + re-prune: the original pruning pipeline from θ_0, on D_r only.
 
     ``order_pool`` is the full training set: each epoch visits D_r in the order the original run
     visited D, with D_f's examples removed and the batches re-packed.
 
     Returns:
-        :class:`~unprune_jax.prune.OMPResult` of the run on D_r.
+        :class:`~unprune_jax.prune.PruneResult` of the run on D_r.
     """
-    step = unlearn_lib.make_train_step(task.apply_fn, task.tx, unlearn_lib.losses.cross_entropy)
-    return prune_lib.omp(
-        task.init, step, task.tx, task.dataset, task.retain, train_cfg, prune_cfg, prunable,
-        order_pool=order_pool, desc="gold ", progress=task.progress,
+    return prune_lib.run(
+        task.init, task.apply_fn, task.tx, task.dataset, task.retain, train_cfg, prune_cfg,
+        prunable, order_pool=order_pool, desc="gold ", progress=task.progress,
     )
