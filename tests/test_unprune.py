@@ -139,3 +139,25 @@ def test_gold_order_on_the_full_set_reproduces_the_original_pipeline(setup):
     assert masks.density(a.sparse.mask, s["flags"]) == pytest.approx(0.2, abs=1e-3)
     rewound = run(dataclasses.replace(PCFG, rewind_epoch=1))
     assert rewound.history["sparse"][0]["epoch"] == 2  # learning-rate schedule rewound to epoch 1
+
+
+def test_structured_unpruning_regrows_and_reprunes_whole_filters():
+    ds = synthetic_dataset(n=160, n_test=32, seed=2)
+    model = get_model("small_cnn", widths=(4, 8), hidden=16)
+    apply_fn = make_apply_fn(model)
+    params0, ms = init_model(model, jax.random.PRNGKey(0), ds.x[:1])
+    tx = optim.sgd()
+    init = TrainState.create(params0, ms, tx)
+    flags = masks.prunable_leaves(params0)
+    pcfg = prune.PruneConfig(method="sfp", density=0.5, sfp_prune_at_init=False)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    res = prune.run(init, apply_fn, tx, ds, np.arange(128), cfg, pcfg, flags, progress=False)
+    task = unlearn.UnlearnTask(apply_fn, tx, ds, np.arange(0, 110), np.arange(110, 128), init,
+                               progress=False)
+    out, info = unprune(res.sparse, task, "FT", cfg, UnpruneConfig(fraction=1.0), dense_params=
+                        res.dense.params, prune_cfg=pcfg, prunable=flags)
+    assert info["rounds"][0]["grown_density"] == 1.0  # all pruned filters revived
+    for name, width in (("conv0", 4), ("conv1", 8)):
+        k = np.asarray(out.mask[name]["kernel"]).reshape(-1, width)
+        assert np.all(k.all(0) | ~k.any(0)) and k.all(0).sum() == width // 2
+    assert np.asarray(out.mask["fc"]["kernel"]).all()  # dense kernels are not filter-pruned
