@@ -139,3 +139,16 @@ def test_cli_list_names_every_method(capsys):
     out = capsys.readouterr().out
     for name in ("omp", "retrain", "FT", "GA", "small_cnn", "resnet18", "fashion_mnist"):
         assert name in out
+
+
+@pytest.mark.parametrize("pruner", ["imp", "synflow", "sfp"])
+def test_every_pruner_runs_through_the_pipeline(tmp_path, pruner):
+    cfg = synthetic_cfg(f"prune.method={pruner}", "prune.rounds=2", "prune.synflow_iterations=5",
+                        "prune.density=0.3", "unlearn.methods=['FT']")
+    res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    rows = {r["model"]: r for r in res["rows"]}
+    assert rows["gold (retrain + re-prune)"]["IoU_gold"] == 1.0
+    # the same number of units as the original (filters for sfp, so the weight density may differ)
+    assert rows["FT + un-prune"]["density"] == rows["original (pruned on D)"]["density"]
+    if pruner == "synflow":  # data-free at initialisation: deleting data cannot change the mask
+        assert res["IoU_original_gold"] == 1.0

@@ -99,3 +99,9 @@ def test_random_scores_are_seeded():
     np.testing.assert_array_equal(a["a"], b["a"])
     assert a["a"].shape == (3, 4) and not np.array_equal(a["a"],
                                                           scores.random(p, jax.random.PRNGKey(1))["a"])
+
+
+def test_scores_by_name():
+    assert scores.get("snip") is scores.snip
+    with pytest.raises(ValueError, match="unknown score 'synflw'.*Did you mean 'synflow'"):
+        scores.get("synflw")

@@ -35,12 +35,15 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from . import prune, unlearn
+    from . import prune, scores, unlearn
     from .data import DATASET_NAMES
     from .models import MODELS
 
     print("pruners:")
     for name, (_, desc) in prune.PRUNERS.items():
+        print(f"  {name:<10} {desc}")
+    print("scores:")
+    for name, (_, desc) in scores.SCORES.items():
         print(f"  {name:<10} {desc}")
     print("unlearning methods:")
     for name, entry in unlearn.REGISTRY.items():

@@ -6,6 +6,7 @@ are computed on, so the retained data can drive them (for un-pruning and the gol
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import Callable
 
@@ -107,11 +108,20 @@ def filter_l2(params):
     return jax.tree.map(norm, params)
 
 
-SCORES = {
-    "magnitude": "|θ|",
-    "random": "uniform random (control)",
-    "snip": "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)",
-    "synflow": "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free",
-    "filter_l2": "L2 norm of each output filter / neuron",
-    "saliency": "|∇L| on the forget data (SalUn)",
+SCORES: dict[str, tuple[Callable, str]] = {
+    "magnitude": (magnitude, "|θ|"),
+    "random": (random, "uniform random (control)"),
+    "snip": (snip, "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)"),
+    "synflow": (synflow, "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free"),
+    "filter_l2": (filter_l2, "L2 norm of each output filter / neuron"),
+    "saliency": (saliency, "|∇L| on the forget data (SalUn)"),
 }
+
+
+def get(name: str) -> Callable:
+    """The score function registered as ``name``; unknown names get the closest valid one."""
+    if name not in SCORES:
+        close = difflib.get_close_matches(name, list(SCORES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown score {name!r}; known: {sorted(SCORES)}.{hint}")
+    return SCORES[name][0]
