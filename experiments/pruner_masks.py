@@ -3,7 +3,7 @@
 For each pruner and sparsity, three pruning runs from the same θ_0:
   full    on the training set D (data-order seed 0),
   retain  on D_r = D minus a random 10% (same order with D_f removed: the gold standard),
-  seed1   on D with another data-order seed (the noise floor).
+  seed1   on D with another data seed: data order and SNIP's batch (the noise floor).
 The table gives the test accuracy of ``full`` and IoU(full, retain) beside IoU(full, seed1).
 
     python experiments/pruner_masks.py [--train-size 20000] [--epochs 3] [--out experiments/results]
@@ -60,8 +60,10 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
 
             def run(indices, seed, order_pool=None):
+                # the seed sets all data randomness: the order and SNIP's batch
                 return prune.run(init, apply_fn, tx, data, indices,
-                                 dataclasses.replace(train_cfg, seed=seed), cfg, base_flags,
+                                 dataclasses.replace(train_cfg, seed=seed),
+                                 dataclasses.replace(cfg, seed=seed), base_flags,
                                  order_pool=order_pool, progress=args.progress)
 
             full = run(split.train, 0)

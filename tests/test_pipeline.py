@@ -81,7 +81,7 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
         raise AssertionError("a finished stage was recomputed")
 
     with monkeypatch.context() as m:
-        for mod in ("unprune_jax.unlearn", "unprune_jax.prune"):
+        for mod in ("unprune_jax.unlearn.base", "unprune_jax.prune"):
             m.setattr(f"{mod}.fit", boom)
         second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert without_time(second["rows"]) == without_time(first["rows"])
@@ -96,7 +96,7 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
         return real_fit(*a, **k)
 
     monkeypatch.setattr("unprune_jax.prune.fit", counting_fit)
-    monkeypatch.setattr("unprune_jax.unlearn.fit", boom)
+    monkeypatch.setattr("unprune_jax.unlearn.base.fit", boom)
     third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert calls == ["gold dense", "gold sparse"]
     assert without_time(third["rows"]) == without_time(first["rows"])  # deterministic

@@ -120,7 +120,7 @@ def test_fit_compiles_the_step_once_across_epochs_and_learning_rates():
     ds, apply_fn, tx, state, _ = small_cnn_setup()
     traces = []
 
-    def counting_ce(logits, y, w):
+    def counting_ce(logits, y, w, extra, params):
         traces.append(1)
         return losses.cross_entropy(logits, y, w)
 

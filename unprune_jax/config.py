@@ -75,7 +75,7 @@ class Config:
 
         defaults = unlearn.get(name).defaults
         overrides = self.unlearn.settings.get(name, {})
-        return from_dict(TrainConfig, {**dataclasses.asdict(defaults), **overrides},
+        return from_dict(type(defaults), {**dataclasses.asdict(defaults), **overrides},
                          where=f"unlearn.settings.{name}")
 
 

@@ -28,7 +28,7 @@ from .data import Dataset, batch_indices
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
-LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+LossFn = Callable[..., jax.Array]  # (logits, y, w, extra, params) -> scalar
 
 
 @flax.struct.dataclass
@@ -75,23 +75,43 @@ class TrainState:
 
 
 @functools.lru_cache(maxsize=None)
-def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_fn: LossFn):
-    """Compiled masked step ``(state, x, y, w) -> (state, metrics)``.
+def make_train_step(
+    apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_fn: LossFn,
+    clip_norm: float | None = None,
+):
+    """Compiled masked step ``(state, x, y, w, extra={}) -> (state, metrics)``.
 
-    Cached per (apply_fn, tx, loss_fn): every stage that shares them shares one compilation.
-    ``metrics`` holds the batch's weighted ``loss``, ``correct`` (weighted count) and ``weight``.
+    ``loss_fn(logits, y, w, extra, params)`` gives the scalar loss; ``extra`` is a dict of arrays
+    (per-example teacher logits, a penalty weight, ...) passed through from the caller. The key
+    ``extra['update_mask']`` (a bool pytree like the params) freezes every entry where it is False:
+    its gradient and its update, weight decay and momentum included, are zeroed, so it keeps its
+    value exactly (SalUn). ``clip_norm`` clips the masked gradient's global norm.
+
+    Cached per (apply_fn, tx, loss_fn, clip_norm): every stage that shares them shares one
+    compilation. ``metrics`` holds the batch's ``loss``, ``correct`` (weighted count of correct
+    predictions) and ``weight`` (Σ|w|).
     """
 
-    def step(state: TrainState, x, y, w):
+    def step(state: TrainState, x, y, w, extra=None):
+        extra = {} if extra is None else extra
+        freeze = extra.get("update_mask")
+
         def objective(params):
             logits, new_model_state = apply_fn(params, state.model_state, x, True)
-            return loss_fn(logits, y, w), (logits, new_model_state)
+            return loss_fn(logits, y, w, extra, params), (logits, new_model_state)
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
         grads = masks_lib.apply_mask(grads, state.mask)
+        if freeze is not None:
+            grads = masks_lib.apply_mask(grads, freeze)
+        if clip_norm is not None:
+            norm = optax.global_norm(grads)
+            grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip_norm / (norm + 1e-12)), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if freeze is not None:
+            updates = masks_lib.apply_mask(updates, freeze)
         params = masks_lib.apply_mask(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(
             params=params,
@@ -102,10 +122,10 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_fn
         )
         # A batch of total weight zero (all padding, or no example of this subset) is a no-op,
         # so subsets of different sizes can run side by side under vmap.
-        active = jnp.sum(w) > 0
-        new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-        correct = jnp.sum(w * (jnp.argmax(logits, -1) == y))
-        return new, {"loss": loss, "correct": correct, "weight": jnp.sum(w)}
+        weight = jnp.sum(jnp.abs(w))
+        new = jax.tree.map(lambda a, b: jnp.where(weight > 0, a, b), new, state)
+        correct = jnp.sum(jnp.abs(w) * (jnp.argmax(logits, -1) == y))
+        return new, {"loss": loss, "correct": correct, "weight": weight}
 
     return jax.jit(step)
 
@@ -210,6 +230,9 @@ def fit(
     snapshot_epochs: Sequence[int] = (),
     desc: str = "train",
     progress: bool = True,
+    labels=None,
+    extras: dict | None = None,
+    constants=None,
 ) -> tuple[TrainState, list[dict], dict[int, TrainState]]:
     """Runs ``cfg.epochs`` epochs of ``step_fn`` over ``dataset[indices]``.
 
@@ -219,6 +242,10 @@ def fit(
         order_pool: see :func:`epoch_order`.
         start_epoch: schedule epoch to start at (learning-rate rewinding).
         snapshot_epochs: after these (1-based) epoch counts, the state is kept in the result.
+        labels: labels to train on instead of ``dataset.y``, one per pool example, or a function
+            ``epoch -> labels`` (fresh random labels every epoch).
+        extras: per-pool-example arrays, gathered for each batch into the step's ``extra``.
+        constants: a dict of arrays added to every batch's ``extra``, or ``epoch -> dict``.
 
     Returns:
         ``(state, history, snapshots)``: history has one dict per epoch (epoch, lr, loss, acc,
@@ -243,6 +270,8 @@ def fit(
         lr = optim.multistep_lr(cfg.lr, epoch, cfg.milestones, cfg.gamma)
         state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, learning_rate=lr))
         good = state
+        y_all = labels(epoch) if callable(labels) else (dataset.y if labels is None else labels)
+        const = constants(epoch) if callable(constants) else (constants or {})
         order = epoch_order(indices, cfg.seed, epoch, order_pool)
         idx, w = batch_indices(order, cfg.batch_size, 0, shuffle=False)
         t0 = time.perf_counter()
@@ -252,7 +281,8 @@ def fit(
             disable=not progress, leave=False, unit="batch",
         )
         for b in bar:
-            state, m = step_fn(state, dataset.x[idx[b]], dataset.y[idx[b]], w[b])
+            extra = {**const, **{k: v[idx[b]] for k, v in (extras or {}).items()}}
+            state, m = step_fn(state, dataset.x[idx[b]], y_all[idx[b]], w[b], extra)
             out.append(m)
         out = jax.device_get(out)
         loss = np.array([m["loss"] for m in out])
