@@ -70,10 +70,11 @@ class Config:
         return _jsonable(dataclasses.asdict(self))
 
     def method_config(self, name: str) -> TrainConfig:
-        """The registry defaults of method ``name`` with this config's overrides applied."""
-        from . import unlearn
+        """Method ``name``'s defaults for this dataset and model (``unlearn.hparams``), with this
+        config's ``unlearn.settings.<name>`` overrides applied."""
+        from .unlearn import hparams
 
-        defaults = unlearn.get(name).defaults
+        defaults = hparams.defaults(name, self.data.name, self.model.name)
         overrides = self.unlearn.settings.get(name, {})
         return from_dict(type(defaults), {**dataclasses.asdict(defaults), **overrides},
                          where=f"unlearn.settings.{name}")
