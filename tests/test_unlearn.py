@@ -146,6 +146,27 @@ def test_every_method_keeps_pruned_weights_zero(cnn, name):
         np.testing.assert_array_equal(a, b)
 
 
+def test_frozen_entries_keep_value_and_momentum_exactly(lin):
+    x, y, params, mask = lin
+    tx = optim.sgd(0.1, 0.9, 0.05)
+    state = TrainState.create(params, {}, tx, mask)
+    plain = make_train_step(linear_apply, tx, unlearn.basic.losses.cross_entropy)
+    w = np.ones(10, np.float32)
+    state, _ = plain(state, x, y, w)  # fill the momentum buffers
+    freeze = {"fc": {"kernel": np.eye(4, 3, dtype=bool), "bias": np.array([True, False, True])}}
+    new, _ = plain(state, x, y, w, {"update_mask": freeze})
+    import optax
+    for leaf in ("kernel", "bias"):
+        f = freeze["fc"][leaf]
+        np.testing.assert_array_equal(np.asarray(new.params["fc"][leaf])[~f],
+                                      np.asarray(state.params["fc"][leaf])[~f])
+        old_b = optax.tree.get(state.opt_state, "trace")["fc"][leaf]
+        new_b = optax.tree.get(new.opt_state, "trace")["fc"][leaf]
+        np.testing.assert_array_equal(np.asarray(new_b)[~f], np.asarray(old_b)[~f])
+        live = f & np.asarray(mask["fc"][leaf])  # pruned entries' buffers stay 0 anyway
+        assert np.all(np.asarray(new_b)[live] != np.asarray(old_b)[live])
+
+
 def test_salun_freezes_non_salient_weights_exactly(cnn):
     state, task = cnn
     cfg = relabel.SalUnConfig(epochs=1, lr=0.05, batch_size=32, saliency=0.3)

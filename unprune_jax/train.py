@@ -84,8 +84,9 @@ def make_train_step(
     ``loss_fn(logits, y, w, extra, params)`` gives the scalar loss; ``extra`` is a dict of arrays
     (per-example teacher logits, a penalty weight, ...) passed through from the caller. The key
     ``extra['update_mask']`` (a bool pytree like the params) freezes every entry where it is False:
-    its gradient and its update, weight decay and momentum included, are zeroed, so it keeps its
-    value exactly (SalUn). ``clip_norm`` clips the masked gradient's global norm.
+    the step changes neither its value nor its optimizer state (momentum buffer), whatever the
+    gradient, weight decay or momentum say (SalUn, SFR-on). ``clip_norm`` clips the masked
+    gradient's global norm.
 
     Cached per (apply_fn, tx, loss_fn, clip_norm): every stage that shares them shares one
     compilation. ``metrics`` holds the batch's ``loss``, ``correct`` (weighted count of correct
@@ -107,11 +108,16 @@ def make_train_step(
         if freeze is not None:
             grads = masks_lib.apply_mask(grads, freeze)
         if clip_norm is not None:
-            norm = optax.global_norm(grads)
+            norm = optax.tree.norm(grads)
             grads = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip_norm / (norm + 1e-12)), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         if freeze is not None:
             updates = masks_lib.apply_mask(updates, freeze)
+            # frozen entries keep their optimizer state too (params-shaped leaves only)
+            keep = optax.tree.map_params(tx, lambda _, m: m, opt_state, freeze,
+                                         transform_non_params=lambda _: True)
+            opt_state = jax.tree.map(lambda new, old, k: jnp.where(k, new, old), opt_state,
+                                     state.opt_state, keep)
         params = masks_lib.apply_mask(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(
             params=params,
