@@ -8,7 +8,7 @@ registered method by name. Each method lives in its own module and registers its
 """
 
 from .base import REGISTRY, Entry, UnlearnTask, get, register, run, train_on
-from . import basic, penalised, relabel, scrub, sfron  # noqa: F401  (each registers its methods)
+from . import basic, boundary, iu, penalised, relabel, scrub, sfron  # noqa: F401  (each registers)
 from . import hparams  # noqa: E402
 
 __all__ = ["UnlearnTask", "Entry", "REGISTRY", "register", "get", "run", "train_on"]
