@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import tomllib
 import typing
 from pathlib import Path
@@ -166,7 +165,3 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for name in cfg.unlearn.methods:
         cfg.method_config(name)  # validates names and per-method settings up front
     return cfg
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")

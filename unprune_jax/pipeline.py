@@ -23,7 +23,7 @@ from . import masks as masks_lib
 from . import metrics as metrics_lib
 from . import prune as prune_lib
 from . import unlearn as unlearn_lib
-from .config import Config, save_config
+from .config import Config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
 from .models import get_model, init_model, make_apply_fn
 from .train import TrainState
@@ -106,18 +106,25 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print)
 
 
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
-    path = run_dir / "config.json"
-    new = cfg.to_dict()
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != new:
-            diff = sorted(_diff_keys(old, new))
-            raise ValueError(
-                f"{run_dir} holds a run with another config (differs at {diff[:6]}); "
-                f"use another --run-dir, or --fresh to discard it"
-            )
-    else:
-        save_config(cfg, path)
+    """Saves the resolved config, or refuses a run directory that holds another one.
+
+    ``methods.json`` holds every method's resolved settings (registry defaults, per-dataset
+    hyperparameters, overrides), so a change of defaults cannot slip into a resumed run either.
+    """
+    methods = {m: dataclasses.asdict(cfg.method_config(m)) for m in cfg.unlearn.methods}
+    for name, new in (("config.json", cfg.to_dict()), ("methods.json", methods)):
+        path = run_dir / name
+        new = json.loads(json.dumps(new))  # tuples → lists, as saved
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != new:
+                diff = sorted(_diff_keys(old, new))
+                raise ValueError(
+                    f"{run_dir} holds a run with another config ({name} differs at {diff[:6]}); "
+                    f"use another --run-dir, or --fresh to discard it"
+                )
+        else:
+            ckpt.save_json(path, new)
 
 
 def _diff_keys(a, b, prefix=""):
