@@ -70,6 +70,20 @@ def test_l1_sparse_loss_and_update_match_numpy(lin):
     assert [penalised.l1_weight(1.0, e, 4) for e in range(4)] == [1.0, 0.75, 0.5, 0.25]
 
 
+def test_ga_ascends_the_cross_entropy(lin):
+    x, y, params, mask = lin
+    w = np.ones(10, np.float32)
+    tx = optim.sgd(0.1, 0.9, 0.0)
+    state = TrainState.create(params, {}, tx, mask)
+    step = make_train_step(linear_apply, tx, unlearn.basic.losses.negative_cross_entropy)
+    new, m = step(state, x, y, w)
+    W, b, M = params["fc"]["kernel"], params["fc"]["bias"], mask["fc"]["kernel"]
+    ce, gW, gb = ce_grads(x, y, W, b, w)
+    assert float(m["loss"]) == pytest.approx(-ce, rel=1e-5)
+    np.testing.assert_allclose(new.params["fc"]["kernel"], first_sgd_step(W, -gW * M, 0.1, 0.0, M),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_neggrad_plus_loss_and_update_match_numpy(lin):
     x, y, params, mask = lin
     w = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1, 1], np.float32)  # one padded slot
