@@ -161,3 +161,95 @@ def test_structured_unpruning_regrows_and_reprunes_whole_filters():
         k = np.asarray(out.mask[name]["kernel"]).reshape(-1, width)
         assert np.all(k.all(0) | ~k.any(0)) and k.all(0).sum() == width // 2
     assert np.asarray(out.mask["fc"]["kernel"]).all()  # dense kernels are not filter-pruned
+
+
+@pytest.fixture
+def capture_method():
+    """An unlearner that records the state it was given (the model right after re-init)."""
+    seen = []
+    unlearn.register("_capture_for_tests", TrainConfig(epochs=0), "records its input")(
+        lambda state, task, cfg: (seen.append(state) or state, {"history": []})
+    )
+    yield seen
+    del unlearn.REGISTRY["_capture_for_tests"]
+
+
+def revived_entries(setup, cfg, seen):
+    s = setup
+    unprune(s["state"], s["task"], "_capture_for_tests", None, cfg, dense_params=s["dense"],
+            prune_cfg=PCFG, prunable=s["flags"])
+    grown = flat(seen[-1].mask, s["flags"])
+    return grown & ~flat(s["state"].mask, s["flags"]), flat(seen[-1].params, s["flags"])
+
+
+def top_pruned(score, mask, r):
+    cand = np.where(mask, -np.inf, score)
+    out = np.zeros(mask.shape, bool)
+    out[np.argsort(-cand, kind="stable")[:r]] = True
+    return out
+
+
+@pytest.mark.parametrize("regrow", ["dense", "theta0", "gradient"])
+def test_each_regrow_score_revives_its_top_entries_at_theta0(setup, capture_method, regrow):
+    s = setup
+    cfg = UnpruneConfig(fraction=0.25, regrow_score=regrow, gradient_examples=64)
+    revived, params = revived_entries(setup, cfg, capture_method)
+    mask = flat(s["state"].mask, s["flags"])
+    if regrow == "dense":
+        score = np.abs(flat(s["dense"], s["flags"]))
+    elif regrow == "theta0":
+        score = np.abs(flat(s["init"].params, s["flags"]))
+    else:
+        from unprune_jax.unprune import regrow_scores
+        score = flat(regrow_scores(cfg, s["task"], s["state"], s["dense"]), s["flags"])
+    np.testing.assert_array_equal(revived, top_pruned(score, mask, round(0.25 * (~mask).sum())))
+    # before unlearning, revived entries hold θ_0 bit-exactly and the rest is untouched
+    theta0, before = flat(s["init"].params, s["flags"]), flat(s["state"].params, s["flags"])
+    np.testing.assert_array_equal(params[revived], theta0[revived])
+    np.testing.assert_array_equal(params[~revived], before[~revived])
+
+
+def test_gradient_regrow_score_is_snip_on_retained_data(setup):
+    from unprune_jax import scores
+    from unprune_jax.unprune import regrow_scores, retained_batch
+    s = setup
+    cfg = UnpruneConfig(regrow_score="gradient", gradient_examples=50, seed=3)
+    x, y = retained_batch(s["task"], cfg)
+    assert len(x) == 50 and np.isin(y, s["ds"].y).all()
+    got = regrow_scores(cfg, s["task"], s["state"], s["dense"])
+    ref = scores.snip(s["dense"], s["state"].model_state, s["task"].apply_fn, x, y)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_random_regrow_is_seeded_and_exact(setup, capture_method):
+    a, _ = revived_entries(setup, UnpruneConfig(fraction=0.3, regrow_score="random", seed=1),
+                           capture_method)
+    b, _ = revived_entries(setup, UnpruneConfig(fraction=0.3, regrow_score="random", seed=1),
+                           capture_method)
+    c, _ = revived_entries(setup, UnpruneConfig(fraction=0.3, regrow_score="random", seed=2),
+                           capture_method)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    mask = flat(setup["state"].mask, setup["flags"])
+    assert a.sum() == round(0.3 * (~mask).sum())
+
+
+def test_gradient_reprune_keeps_the_top_retained_gradient_scores(setup):
+    from unprune_jax import scores
+    from unprune_jax.unprune import retained_batch
+    s = setup
+    cfg = UnpruneConfig(fraction=0.5, reprune_score="gradient", gradient_examples=64)
+    out, _ = unprune(s["state"], s["task"], "_identity_for_tests", None, cfg,
+                     dense_params=s["dense"], prune_cfg=PCFG, prunable=s["flags"])
+    # rebuild the regrown state as the identity unlearner returned it
+    grown = masks.regrow_mask(s["state"].mask, scores.magnitude(s["dense"]), 0.5, s["flags"])
+    revived = jax.tree.map(lambda g, m: g & ~m, grown, s["state"].mask)
+    from unprune_jax.unprune import reinit_revived
+    mid = s["state"].with_mask(grown, s["task"].tx,
+                               reinit_revived(s["state"].params, revived, s["init"].params))
+    x, y = retained_batch(s["task"], cfg)
+    sc = scores.snip(mid.params, mid.model_state, s["task"].apply_fn, x, y, mask=mid.mask)
+    ref = masks.topk_mask(sc, 0.2, s["flags"])
+    for a, b in zip(jax.tree.leaves(out.mask), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)

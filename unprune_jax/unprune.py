@@ -6,12 +6,13 @@ rounds:
 
 1. *Regrow*: revive the fraction ``fraction`` (p_θ) of the pruned entries with the largest regrow
    score. Default score: |θ_dense|, the magnitudes of the dense weights that the original pruner
-   saw (stored by the pipeline). ``'theta0'`` uses |θ_0| instead.
+   saw (stored by the pipeline); or |θ_0|, the retained-data gradient score, random.
 2. *Re-initialise* the revived entries: ``'theta0'`` sets them to their initial values (the paper's
    better variant); ``'random'`` to a fresh draw of the model's initialiser times ``random_scale``.
 3. *Unlearn* with any registered unlearning method on the denser masked model.
 4. *Re-prune* to the target density by lowest weight magnitude (filter L2 norm for structured
-   masks), with the original pruner's scope, granularity and allocation.
+   masks) or by the retained-data gradient score, with the original pruner's scope, granularity
+   and allocation.
 
 The output is θ ⊙ M. The gold standard (``gold_standard``) reruns the original pipeline (same
 θ_0, same data order with D_f removed, same pruner) on D_r.
@@ -24,6 +25,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import masks as masks_lib
 from . import prune as prune_lib
@@ -32,17 +34,34 @@ from . import unlearn as unlearn_lib
 from .train import TrainConfig, TrainState
 
 
+REGROW_SCORES = ("dense", "theta0", "gradient", "random")
+REPRUNE_SCORES = ("magnitude", "gradient")
+
+
 @dataclasses.dataclass(frozen=True)
 class UnpruneConfig:
-    """Options of Algorithm 1.
+    """Options of Algorithm 1, with their defaults and why.
 
     Attributes:
-        fraction: p_θ, the fraction of currently pruned entries revived per round. Default 0.1:
-            at 10% density this nearly doubles the kept set before re-pruning.
-        rounds: K, the number of regrow → unlearn → re-prune rounds.
-        regrow_score: ``'dense'`` (|θ| of the stored dense weights) or ``'theta0'`` (|θ_0|).
-        reinit: ``'theta0'`` or ``'random'``.
+        fraction: p_θ, the fraction of currently pruned entries (or filters) revived per round.
+            Default 0.1: at 10% density this nearly doubles the kept set before re-pruning,
+            enough room for the mask to move, small enough to keep the unlearner's cost.
+        rounds: K, the number of regrow → unlearn → re-prune rounds. Default 1: each round costs
+            one run of the unlearner.
+        regrow_score: which pruned entries to revive. ``'dense'`` (default): |θ| of the stored
+            dense weights the original pruner scored, the reading closest to the paper.
+            ``'theta0'``: |θ_0|. ``'gradient'``: the retained-data score |θ_dense ⊙ ∇L_Dr(θ_dense)|
+            on ``gradient_examples`` examples of D_r. ``'random'``: a control.
+        reinit: ``'theta0'`` (default; the paper reports it beats random) or ``'random'``.
         random_scale: factor on the fresh initialiser draw for ``reinit='random'``.
+        reprune_score: ``'magnitude'`` (default, LWM, as the original pruner) or ``'gradient'``,
+            |θ ⊙ ∇L_Dr(θ)| at the unlearned weights. Filter masks aggregate either per filter.
+        gradient_examples: retained examples the gradient scores average over.
+        seed: for the gradient scores' examples and the random regrow score.
+
+    There is no separate optimizer-state reset for revived weights: every unlearning method
+    starts from a fresh optimizer state (as the peers do), so a revived weight never inherits
+    momentum.
     """
 
     fraction: float = 0.1
@@ -50,16 +69,50 @@ class UnpruneConfig:
     regrow_score: str = "dense"
     reinit: str = "theta0"
     random_scale: float = 1.0
+    reprune_score: str = "magnitude"
+    gradient_examples: int = 1024
+    seed: int = 0
 
     def __post_init__(self):
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"unprune fraction (p_θ) must be in (0, 1], got {self.fraction}")
         if self.rounds < 1:
             raise ValueError(f"unprune rounds must be ≥ 1, got {self.rounds}")
-        if self.regrow_score not in ("dense", "theta0"):
-            raise ValueError(f"regrow_score must be 'dense' or 'theta0', got {self.regrow_score!r}")
-        if self.reinit not in ("theta0", "random"):
-            raise ValueError(f"reinit must be 'theta0' or 'random', got {self.reinit!r}")
+        if self.gradient_examples < 1:
+            raise ValueError(f"gradient_examples must be ≥ 1, got {self.gradient_examples}")
+        for name, valid in (("regrow_score", REGROW_SCORES), ("reinit", ("theta0", "random")),
+                            ("reprune_score", REPRUNE_SCORES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unprune.{name} must be one of {list(valid)}, got "
+                                 f"{getattr(self, name)!r}")
+
+
+def retained_batch(task, cfg: UnpruneConfig):
+    """The D_r examples the gradient scores use: a seeded sample of ``gradient_examples``."""
+    rng = np.random.default_rng(cfg.seed)
+    n = min(cfg.gradient_examples, task.retain.size)
+    idx = np.sort(rng.choice(task.retain, n, replace=False))
+    return task.dataset.x[idx], task.dataset.y[idx]
+
+
+def regrow_scores(cfg: UnpruneConfig, task, state: TrainState, dense_params):
+    """The regrow score pytree of ``cfg.regrow_score`` (higher = revive first)."""
+    if cfg.regrow_score == "dense":
+        return scores_lib.magnitude(dense_params)
+    if cfg.regrow_score == "theta0":
+        return scores_lib.magnitude(task.init.params)
+    if cfg.regrow_score == "random":
+        return scores_lib.random(dense_params, jax.random.PRNGKey(cfg.seed))
+    x, y = retained_batch(task, cfg)
+    return scores_lib.snip(dense_params, state.model_state, task.apply_fn, x, y)
+
+
+def reprune_scores(cfg: UnpruneConfig, task, state: TrainState, prune_cfg):
+    """The re-prune score of ``cfg.reprune_score`` at the unlearned weights."""
+    if cfg.reprune_score == "magnitude":
+        return prune_lib.reprune_scores(state.params, prune_cfg)
+    x, y = retained_batch(task, cfg)
+    return scores_lib.snip(state.params, state.model_state, task.apply_fn, x, y, mask=state.mask)
 
 
 def reinit_revived(params, revived, source):
@@ -100,13 +153,12 @@ def unprune(
     """
     if cfg.reinit == "random" and random_params is None:
         raise ValueError("reinit='random' needs random_params (a fresh draw of the initialiser)")
-    regrow_from = dense_params if cfg.regrow_score == "dense" else task.init.params
     source = (
         task.init.params
         if cfg.reinit == "theta0"
         else jax.tree.map(lambda p: p * cfg.random_scale, random_params)
     )
-    score = scores_lib.magnitude(regrow_from)
+    score = regrow_scores(cfg, task, state, dense_params)
     prunable = prune_lib.prunable_for(prune_cfg, prunable, state.params)
     sel = prune_cfg.selection()
     rounds = []
@@ -123,7 +175,7 @@ def unprune(
         state, metrics = unlearn_lib.run(
             method, state, task, method_cfg, on_divergence=on_divergence
         )
-        mask = prune_lib.select(prune_lib.reprune_scores(state.params, prune_cfg),
+        mask = prune_lib.select(reprune_scores(cfg, task, state, prune_cfg),
                                 prune_cfg.density, prune_cfg, prunable)
         state = state.with_mask(mask, task.tx)
         rounds.append(
