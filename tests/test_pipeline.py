@@ -18,6 +18,7 @@ TINY = [
     "train.epochs=1",
     "train.batch_size=64",
     "unlearn.settings={retrain = {epochs = 1}, FT = {epochs = 1}, GA = {epochs = 1}}",
+    "evaluate.seeds=2",
 ]
 HAVE_FMNIST = os.path.isdir(default_data_dir())
 EXPECTED_ROWS = [
@@ -31,7 +32,7 @@ def quiet(_msg):
 
 
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "RTE")} for r in rows]
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -49,6 +50,14 @@ def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
         if name != "dense (scored by the pruner)":
             assert r["density"] == pytest.approx(0.1, abs=1e-4)
     assert rows["gold (retrain + re-prune)"]["IoU_gold"] == 1.0
+    assert rows["gold (retrain + re-prune)"]["JS_gold_forget"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["gold (retrain + re-prune)"]["weight_distance_gold"] == 0.0
+    assert rows["gold (retrain + re-prune)"]["RTE"] == pytest.approx(1.0)
+    # the membership scale: the main original mask sits on the original side, gold on the gold side
+    assert rows["original (pruned on D)"]["LLR_normalised"] < rows["gold (retrain + re-prune)"][
+        "LLR_normalised"]
+    assert 0.0 <= res["membership"]["auc"] <= 1.0 and res["noise_floor"]["pairs"] == 1
+    assert "noise floor" in (tmp_path / "results.md").read_text()
     j = res["IoU_original_gold"]
     assert rows["original (pruned on D)"]["IoU_gold"] == pytest.approx(j)
     assert rows["FT + un-prune"]["delta_J"] == pytest.approx(rows["FT + un-prune"]["IoU_gold"] - j)

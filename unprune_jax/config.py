@@ -57,6 +57,23 @@ class UnlearnConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The seed noise floor and the topology membership test.
+
+    ``seeds`` = S: the pruning pipeline runs S times on D and S times on D_r, with data-order
+    seeds ``train.seed + s`` (s = 0 is the main run). The gold masks' pairwise IoU is the noise
+    floor every mask metric is read against; both sides feed the membership test. Each extra seed
+    costs two runs of the pruner; 1 turns both off.
+    """
+
+    seeds: int = 8
+
+    def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"evaluate.seeds must be ≥ 1, got {self.seeds}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -64,6 +81,7 @@ class Config:
     prune: PruneConfig = PruneConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
     unprune: UnpruneConfig = UnpruneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def to_dict(self) -> dict:
         return _jsonable(dataclasses.asdict(self))

@@ -26,7 +26,8 @@ from . import unlearn as unlearn_lib
 from .config import Config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
 from .models import get_model, init_model, make_apply_fn
-from .train import TrainState
+from .metrics.membership import topology_membership
+from .train import TrainState, predict
 from .unprune import gold_standard, unprune
 
 log = logging.getLogger("unprune_jax")
@@ -204,30 +205,66 @@ def stage_gold(ctx: Context):
     return ctx.stage("gold", {"dense": ctx.init, "sparse": ctx.init}, compute)
 
 
+def stage_seed_masks(ctx: Context) -> tuple[list, list]:
+    """Masks of the pruning pipeline on D and on D_r for data-order seeds 1..S−1."""
+    cfg = ctx.cfg
+    originals, golds = [], []
+    for s in range(1, cfg.evaluate.seeds):
+        train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + s)
+        prune_cfg = dataclasses.replace(cfg.prune, seed=cfg.prune.seed + s)
+        for side, indices, out in (("original", ctx.split.train, originals),
+                                   ("gold", ctx.split.retain, golds)):
+
+            def compute(indices=indices, side=side):
+                res = prune_lib.run(
+                    ctx.init, ctx.apply_fn, ctx.tx, ctx.dataset, indices, train_cfg, prune_cfg,
+                    ctx.prunable, order_pool=ctx.split.train, desc=f"seed {s} {side} ",
+                    progress=ctx.progress,
+                )
+                return res.sparse.mask, {}
+
+            out.append(ctx.stage(f"seeds/{side}{s}", ctx.init.mask, compute)[0])
+    return originals, golds
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original, gold) -> list:
-    """One row per model: UA/RA/TA, density, IoU and Hamming to gold, ΔJ, seconds.
+def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original, gold,
+             gold_seconds: float, membership: dict | None) -> list:
+    """One row per model: accuracies, the mask metrics against gold, output and weight distance
+    to gold, the membership LLR, time and RTE (time relative to the gold standard's).
 
     Mask metrics are None for a dense model (density 1), whose mask says nothing.
     """
-    j_orig = masks_lib.jaccard(original.mask, gold.mask, ctx.prunable)
+    gold_logits = predict(gold, ctx.apply_fn, ctx.dataset, ctx.split.forget)
     rows = []
     for name, (state, meta) in states.items():
         density = masks_lib.density(state.mask, ctx.prunable)
-        sim = masks_lib.similarity(state.mask, gold.mask, ctx.prunable) if density < 1 else None
+        mm = (metrics_lib.mask_metrics(state.mask, gold.mask, ctx.prunable, original=original.mask)
+              if density < 1 else None)
         acc = metrics_lib.unlearning_accuracies(state, ctx.apply_fn, ctx.dataset, ctx.split)
+        logits = predict(state, ctx.apply_fn, ctx.dataset, ctx.split.forget)
+        seconds = meta.get("method_seconds", meta.get("seconds"))
+        llr = (membership or {}).get("candidates", {}).get(name)
         rows.append(
             {
                 "model": name,
                 **acc,
                 "density": density,
-                "IoU_gold": sim and sim["jaccard"],
-                "hamming_gold": sim and sim["hamming"],
-                "delta_J": sim and sim["jaccard"] - j_orig,
-                "seconds": meta.get("method_seconds", meta.get("seconds")),
+                "IoU_gold": mm and mm["jaccard"],
+                "IoU_gold_corrected": mm and mm["jaccard_corrected"],
+                "hamming_gold": mm and mm["hamming"],
+                "delta_J": mm and mm["delta_jaccard"],
+                "corrected_fraction": mm and mm["corrected_fraction"],
+                "LLR_normalised": llr and llr["normalised"],
+                "JS_gold_forget": metrics_lib.mean_js(logits, gold_logits),
+                "weight_distance_gold": metrics_lib.weight_distance(
+                    state.params, gold.params, state.mask, gold.mask, ctx.prunable),
+                "seconds": seconds,
+                "RTE": seconds / gold_seconds,
                 "diverged": meta.get("diverged"),
+                "mask_metrics": mm,
             }
         )
     return rows
@@ -237,18 +274,40 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table of the evaluation rows (percentages for accuracies)."""
 
     def num(x, fmt):
-        return "—" if x is None else format(x, fmt)
+        return "—" if x is None or x != x else format(x, fmt)
 
-    head = "| model | UA % | RA % | TA % | density | IoU gold | Hamming gold | ΔJ | time s |"
-    lines = [head, "|" + "---|" * 9]
+    head = ("| model | UA % | RA % | TA % | IoU gold | J* gold | ΔJ | corrected | LLR norm | "
+            "JS D_f | ‖θ−θ_gold‖ | time s | RTE |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         flag = " (diverged)" if r.get("diverged") else ""
         lines.append(
             f"| {r['model']}{flag} | {100 * r['UA']:.2f} | {100 * r['RA']:.2f} | "
-            f"{100 * r['TA']:.2f} | {r['density']:.4f} | {num(r['IoU_gold'], '.4f')} | "
-            f"{num(r['hamming_gold'], '.4f')} | {num(r['delta_J'], '+.4f')} | "
-            f"{r['seconds']:.1f} |"
+            f"{100 * r['TA']:.2f} | {num(r['IoU_gold'], '.4f')} | "
+            f"{num(r['IoU_gold_corrected'], '.4f')} | {num(r['delta_J'], '+.4f')} | "
+            f"{num(r['corrected_fraction'], '.3f')} | {num(r['LLR_normalised'], '+.2f')} | "
+            f"{r['JS_gold_forget']:.4f} | {r['weight_distance_gold']:.2f} | {r['seconds']:.1f} | "
+            f"{r['RTE']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict) -> str:
+    """The run's headline numbers under the table: IoU(original, gold), the seed noise floor,
+    the membership test's AUC."""
+    lines = [f"IoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}"]
+    if results.get("filter_IoU_original_gold") is not None:
+        lines.append(f"filter-level IoU(original, gold) = {results['filter_IoU_original_gold']:.4f}")
+    floor = results.get("noise_floor")
+    if floor:
+        j = floor["jaccard"]
+        lines.append(f"noise floor: IoU between gold masks of {floor['pairs']} seed pairs = "
+                     f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
+    mem = results.get("membership")
+    if mem:
+        lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
+                     f"{mem['auc']:.3f} (1 = D_f leaves an unmistakable trace in the mask, "
+                     "0.5 = none); LLR norm: 0 = original side, 1 = gold side")
     return "\n".join(lines)
 
 
@@ -269,24 +328,37 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print) -
         )
     gold, gold_meta = stage_gold(ctx)
     states["gold (retrain + re-prune)"] = (gold["sparse"], gold_meta)
-    rows = evaluate(ctx, states, original, gold["sparse"])
+    seed_originals, seed_golds = stage_seed_masks(ctx)
+    gold_masks = [gold["sparse"].mask] + seed_golds
+    sparse = {k: v[0].mask for k, v in states.items()
+              if masks_lib.density(v[0].mask, ctx.prunable) < 1}
+    membership = floor = None
+    if cfg.evaluate.seeds >= 2:
+        floor = metrics_lib.noise_floor(gold_masks, ctx.prunable)
+        membership = topology_membership([original.mask] + seed_originals, gold_masks,
+                                         ctx.prunable, sparse)
+    rows = evaluate(ctx, states, original, gold["sparse"],
+                    gold_meta["seconds"], membership)
     results = {
         "rows": rows,
         "IoU_original_gold": masks_lib.jaccard(original.mask, gold["sparse"].mask, ctx.prunable),
+        "noise_floor": floor,
+        "membership": membership and {k: v for k, v in membership.items() if k != "candidates"},
         "split": ctx.split.summary(),
         "config": cfg.to_dict(),
         "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
                     "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
         "total_seconds": time.perf_counter() - t_start,
     }
+    if cfg.prune.selection()["granularity"] == "filter":
+        results["filter_IoU_original_gold"] = metrics_lib.filter_metrics(
+            original.mask, gold["sparse"].mask, ctx.prunable)["jaccard"]
+    summary = summary_lines(results)
     table = format_table(rows)
     ckpt.save_json(ctx.run_dir / "results.json", results)
-    (ctx.run_dir / "results.md").write_text(
-        f"# Results\n\n{table}\n\nIoU(original, gold) = {results['IoU_original_gold']:.4f}\n"
-    )
+    (ctx.run_dir / "results.md").write_text(f"# Results\n\n{table}\n\n{summary}\n")
     say("\n" + table)
-    say(f"\nIoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}; "
-        f"results in {ctx.run_dir / 'results.md'}")
+    say(f"\n{summary}\nresults in {ctx.run_dir / 'results.md'}")
     return results
 
 
