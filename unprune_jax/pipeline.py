@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from . import checkpoint as ckpt
 from . import losses, optim
@@ -305,9 +306,14 @@ def summary_lines(results: dict) -> str:
                      f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
     mem = results.get("membership")
     if mem:
+        gap = mem["gold_mean"] - mem["original_mean"]
+        spread = [float(np.std(mem[k]) / abs(gap)) if gap else float("nan")
+                  for k in ("original_llr", "gold_llr")]
         lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
                      f"{mem['auc']:.3f} (1 = D_f leaves an unmistakable trace in the mask, "
-                     "0.5 = none); LLR norm: 0 = original side, 1 = gold side")
+                     "0.5 = none); LLR norm: 0 = original side's mean, 1 = gold side's mean; "
+                     f"the sides' own spread on that scale: ±{spread[0]:.2f} (original), "
+                     f"±{spread[1]:.2f} (gold)")
     return "\n".join(lines)
 
 
