@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh machine (idempotent):
 # a virtual environment in .venv with the package and its test, TFDS and experiment (matplotlib)
-# extras, and the
-# FashionMNIST IDX files from the Debian package dataset-fashion-mnist.
+# extras, and the FashionMNIST IDX files from the Debian package dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
