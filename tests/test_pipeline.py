@@ -32,7 +32,7 @@ def quiet(_msg):
 
 
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "RTE")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "RTE", "compile_seconds")} for r in rows]
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -53,6 +53,8 @@ def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
     assert rows["gold (retrain + re-prune)"]["JS_gold_forget"] == pytest.approx(0.0, abs=1e-9)
     assert rows["gold (retrain + re-prune)"]["weight_distance_gold"] == 0.0
     assert rows["gold (retrain + re-prune)"]["RTE"] == pytest.approx(1.0)
+    assert rows["gold (retrain + re-prune)"]["compile_seconds"] >= 0.0
+    assert rows["original (pruned on D)"]["compile_seconds"] > 0.0  # the first stage compiles
     # the membership scale: the main original mask sits on the original side, gold on the gold side
     assert rows["original (pruned on D)"]["LLR_normalised"] < rows["gold (retrain + re-prune)"][
         "LLR_normalised"]
