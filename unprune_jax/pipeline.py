@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import losses, optim
+from . import optim
 from . import masks as masks_lib
 from . import metrics as metrics_lib
 from . import prune as prune_lib

@@ -21,7 +21,6 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from . import losses as losses_lib
 from . import masks as masks_lib
 from . import optim
 from .data import Dataset, batch_indices

@@ -91,15 +91,23 @@ def run(
 ):
     """Runs method ``name`` (with its defaults when ``cfg`` is None); adds ``seconds`` to metrics.
 
+    A plain ``TrainConfig`` for a method with its own config class sets the shared fields (epochs,
+    lr, ...) and leaves the method's own settings at their defaults.
+
     On divergence (see ``train.DivergenceError``), ``on_divergence='raise'`` re-raises and
     ``'keep_last_good'`` returns the last good state with the error text in ``metrics['diverged']``.
     """
     if on_divergence not in ("raise", "keep_last_good"):
         raise ValueError(f"on_divergence must be 'raise' or 'keep_last_good', got {on_divergence!r}")
     entry = get(name)
+    cfg = entry.defaults if cfg is None else cfg
+    if not isinstance(cfg, type(entry.defaults)):
+        # a plain TrainConfig: its shared fields, the method's own defaults for the rest
+        cfg = type(entry.defaults)(**{**dataclasses.asdict(entry.defaults),
+                                      **dataclasses.asdict(cfg)})
     t0 = time.perf_counter()
     try:
-        state, metrics = entry.fn(state, task, entry.defaults if cfg is None else cfg)
+        state, metrics = entry.fn(state, task, cfg)
     except DivergenceError as e:
         if on_divergence == "raise":
             raise

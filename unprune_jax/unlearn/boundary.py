@@ -130,8 +130,6 @@ class BSConfig(TrainConfig):
     "Boundary Shrink: fine-tune on D_f relabelled with the nearest wrong class at an FGSM point",
 )
 def boundary_shrink(state, task, cfg: BSConfig):
-    if not isinstance(cfg, BSConfig):  # a plain TrainConfig: BS's own settings at their defaults
-        cfg = BSConfig(**dataclasses.asdict(cfg))
     new, same = boundary_labels(state, task.apply_fn, task.dataset, task.forget, cfg.epsilon,
                                 cfg.quantize, max(cfg.batch_size, 256))
     labels = np.array(task.dataset.y, copy=True)

@@ -427,8 +427,6 @@ class IUConfig(TrainConfig):
     "influence unlearning: θ + (n_f/n_r)·(H_r + λI)⁻¹∇L_f by CG or LiSSA on masked HVPs",
 )
 def influence_unlearning(state, task, cfg: IUConfig):
-    if not isinstance(cfg, IUConfig):  # a plain TrainConfig: IU's settings at their defaults
-        cfg = IUConfig(**dataclasses.asdict(cfg))
     t0 = time.perf_counter()
     original = state
     mask = state.mask

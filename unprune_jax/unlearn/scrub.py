@@ -117,9 +117,6 @@ def teacher_logits(state, task) -> np.ndarray:
 def scrub(state, task, cfg):
     """Runs SCRUB; ``metrics['history']`` has one record per phase epoch, with ``phase`` 'max' or
     'min' and ``epoch`` the SCRUB epoch (1-based)."""
-    if not isinstance(cfg, SCRUBConfig):  # a plain TrainConfig: SCRUB's own defaults for the rest
-        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
-        cfg = SCRUBConfig(**base)
     teacher = teacher_logits(state, task)
     extras = {"teacher_logits": teacher}
     constants = {

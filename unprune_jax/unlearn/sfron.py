@@ -220,9 +220,6 @@ def sfron(state, task, cfg):
         DivergenceError: a non-finite loss or parameter (or a retain loss over ``cfg.max_loss``);
             carries the state at the start of the failing pass.
     """
-    if not isinstance(cfg, SFRonConfig):  # a plain TrainConfig: SFR-on's defaults for the rest
-        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
-        cfg = SFRonConfig(**base)
     dataset, T = task.dataset, cfg.iterations
     state = state.replace(opt_state=optim.set_hyperparams(
         task.tx.init(state.params), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
