@@ -325,8 +325,10 @@ def summary_lines(results: dict) -> str:
         spread = [float(np.std(mem[k]) / abs(gap)) if gap else float("nan")
                   for k in ("original_llr", "gold_llr")]
         lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
-                     f"{mem['auc']:.3f} (1 = D_f leaves an unmistakable trace in the mask, "
-                     "0.5 = none); LLR norm: 0 = original side's mean, 1 = gold side's mean; "
+                     f"{mem['auc']:.3f} (0.5 = the per-weight LLR does not tell masks trained with "
+                     "and without D_f apart; far below 0.5 = it does, inverted, usually because "
+                     "one side's masks are more diverse); LLR norm: 0 = original side's mean, "
+                     "1 = gold side's mean; "
                      f"the sides' own spread on that scale: ±{spread[0]:.2f} (original), "
                      f"±{spread[1]:.2f} (gold)")
     return "\n".join(lines)
