@@ -28,7 +28,7 @@ def setup():
     rng = np.random.default_rng(0)
     trained = jax.tree.map(lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32),
                            params0)
-    mask = prune.lwm_mask(trained, 0.2, flags)
+    mask = masks.topk_mask(jax.tree.map(jnp.abs, trained), 0.2, flags)  # LWM
     state = init.with_mask(mask, tx, params=trained)
     dense = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32), trained)
     task = unlearn.UnlearnTask(apply_fn, tx, ds, np.arange(0, 140), np.arange(140, 160), init,

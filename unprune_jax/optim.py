@@ -46,10 +46,6 @@ def set_hyperparams(opt_state: Any, **values: float) -> Any:
     return opt_state._replace(hyperparams=hyper)
 
 
-def get_hyperparam(opt_state: Any, name: str) -> float:
-    return float(opt_state.hyperparams[name])
-
-
 def multistep_lr(base_lr: float, epoch: int, milestones=(), gamma: float = 0.1) -> float:
     """Learning rate at ``epoch`` (0-based) of a step schedule: × gamma at each milestone passed."""
     return base_lr * gamma ** sum(epoch >= m for m in milestones)

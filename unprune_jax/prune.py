@@ -147,11 +147,6 @@ def reprune_scores(params, cfg: PruneConfig):
     return scores_lib.magnitude(params)
 
 
-def lwm_mask(params, density: float, prunable, scope: str = "global"):
-    """Keeps the ``density`` fraction of prunable weights with the largest |θ|."""
-    return masks_lib.topk_mask(scores_lib.magnitude(params), density, prunable, scope)
-
-
 @dataclasses.dataclass(frozen=True)
 class PruneResult:
     """``sparse``: the pruned, trained model. ``dense``: the weights the pruner scored last
