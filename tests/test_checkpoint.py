@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import zlib
 from typing import Any
 
 import flax
@@ -275,3 +276,110 @@ def test_json_helpers(tmp_path):
     with pytest.raises(TypeError):
         ckpt.save_json(path, {"x": {1, 2}})
     assert ckpt.load_json(path) == [1]  # failed write left the old file intact
+
+
+# --- bool leaves (masks) are stored as packed bits ------------------------------------------------
+
+
+def _bool_tree():
+    rng = np.random.default_rng(0)
+    return {
+        "odd": rng.random((3, 5, 7)) < 0.3,  # 105 elements: the last byte is padded
+        "eight": np.array([1, 0, 1, 1, 0, 0, 0, 1], bool),
+        "one": jnp.array([True]),
+        "scalar": np.bool_(False),
+        "py_bool": True,
+        "mask": jnp.asarray(rng.random((16, 9)) < 0.1),
+        "float": jnp.arange(3.0),
+    }
+
+
+def test_bool_leaves_packed_on_disk_and_restored_exactly(tmp_path):
+    tree = _bool_tree()
+    d = ckpt.save_stage(tmp_path, "masks", tree, {})
+    leaves = {e["path"]: e for e in json.loads((d / "structure.json").read_text())["leaves"]}
+    assert json.loads((d / "structure.json").read_text())["version"] == 2
+    for key, size in [("odd", 105), ("eight", 8), ("one", 1), ("scalar", 1), ("py_bool", 1), ("mask", 144)]:
+        e = leaves[f"['{key}']"]
+        assert e["packing"] == "bits" and e["data_dtype"] == "uint8", key
+        assert e["data_shape"] == [-(-size // 8)], key
+        assert e["unpacked_shape"] == list(np.shape(tree[key])), key
+        # The checksum covers the bool bytes the caller sees, not the packed ones.
+        assert e["crc32"] == zlib.crc32(np.asarray(tree[key], bool).tobytes()), key
+    assert "packing" not in leaves["['float']"]
+
+    # What Orbax holds is exactly numpy's packbits of the flattened mask.
+    raw = ckpt._orbax_restore(d / "arrays", {
+        f"{i:06d}": np.empty(e["data_shape"], np.dtype(e["data_dtype"]))
+        for i, e in enumerate(leaves.values())
+    })
+    i_odd = list(leaves).index("['odd']")
+    np.testing.assert_array_equal(raw[f"{i_odd:06d}"], np.packbits(tree["odd"].reshape(-1)))
+    assert np.unpackbits(raw[f"{i_odd:06d}"])[105:].sum() == 0  # padding bits are zero
+
+    restored, _ = ckpt.load_stage(tmp_path, "masks", tree)
+    for key in ("odd", "eight"):
+        assert type(restored[key]) is np.ndarray and restored[key].dtype == np.bool_
+        assert restored[key].shape == tree[key].shape
+        np.testing.assert_array_equal(restored[key], tree[key])
+    for key in ("one", "mask"):
+        assert isinstance(restored[key], jax.Array) and restored[key].dtype == jnp.bool_
+        np.testing.assert_array_equal(restored[key], tree[key])
+    assert type(restored["scalar"]) is np.bool_ and restored["scalar"] == np.False_
+    assert restored["py_bool"] is True
+
+    # An abstract target works too (the pipeline restores masks this way).
+    like = {k: jax.ShapeDtypeStruct(np.shape(v), jnp.asarray(v).dtype) for k, v in tree.items()}
+    restored, _ = ckpt.load_stage(tmp_path, "masks", like)
+    for key, value in tree.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+        assert restored[key].dtype == jnp.asarray(value).dtype, key
+
+
+def test_version1_checkpoint_with_unpacked_bools_still_loads(tmp_path):
+    """A stage written before packing (format 1: bools stored as bool) is read as before."""
+    tree = {"m": np.array([[True, False, True], [False, False, True]]), "w": np.arange(4, dtype=np.float32)}
+    d = ckpt.stage_dir(tmp_path, "prune")
+    d.mkdir(parents=True)
+    ckpt._orbax_save(d / "arrays", {"000000": tree["m"], "000001": tree["w"]})
+    entries = [
+        {"path": f"['{k}']", "shape": list(v.shape), "dtype": str(v.dtype), "data_shape": list(v.shape),
+         "data_dtype": str(v.dtype), "crc32": zlib.crc32(v.tobytes())}
+        for k, v in tree.items()
+    ]
+    ckpt.save_json(d / "structure.json", {"format": "unprune_jax.stage", "version": 1, "leaves": entries})
+    ckpt.save_json(d / "meta.json", {"old": True})
+    restored, meta = ckpt.load_stage(tmp_path, "prune", tree)
+    assert meta == {"old": True}
+    _assert_same(restored, tree)
+
+    structure = json.loads((d / "structure.json").read_text())
+    structure["version"] = 99
+    (d / "structure.json").write_text(json.dumps(structure))
+    with pytest.raises(CheckpointError, match="version 99"):
+        ckpt.load_stage(tmp_path, "prune", tree)
+
+
+def test_packed_bits_integrity_checks(tmp_path):
+    tree = {"m": np.arange(20).reshape(4, 5) % 3 == 0}
+    d = ckpt.save_stage(tmp_path, "m", tree, {})
+    path = d / "structure.json"
+    good = json.loads(path.read_text())
+
+    bad = json.loads(json.dumps(good))
+    bad["leaves"][0]["unpacked_shape"] = [4, 9]  # 36 bits would need 5 bytes, 3 are stored
+    path.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match=r"packing 'bits' with data uint8\(3,\)"):
+        ckpt.load_stage(tmp_path, "m", tree)
+
+    bad = json.loads(json.dumps(good))
+    bad["leaves"][0]["crc32"] ^= 1  # the unpacked mask no longer matches its checksum
+    path.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="CRC-32"):
+        ckpt.load_stage(tmp_path, "m", tree)
+
+    bad = json.loads(json.dumps(good))
+    bad["leaves"][0]["packing"] = "rle"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="packing 'rle'"):
+        ckpt.load_stage(tmp_path, "m", tree)

@@ -14,6 +14,14 @@ On-disk layout of one stage (``name`` may contain ``/``, giving nested dirs)::
         structure.json   key path, shape, dtype and CRC-32 of every leaf
         meta.json        caller's metadata; written LAST and atomically
 
+Boolean leaves (pruning masks) are stored as packed bits: ``np.packbits`` of
+the flattened array, a ``uint8`` vector of ``ceil(size / 8)`` bytes, with
+``"packing": "bits"`` and the original shape in ``structure.json``; they are
+unpacked on load. A mask then takes 1/8 of the bytes of its ``bool`` form.
+The CRC-32 is taken over the unpacked ``bool`` bytes, so it checks the leaf
+as the caller sees it, packing and unpacking included. Checkpoints written
+before packing (format version 1, bool leaves stored as ``bool``) still load.
+
 A stage counts as finished if and only if ``meta.json`` exists. The pytree is
 flattened with :func:`jax.tree_util.tree_flatten_with_path` before it reaches
 Orbax and rebuilt from the caller's ``like`` tree on load, so Orbax only ever
@@ -76,7 +84,9 @@ META_FILENAME = "meta.json"
 _STRUCTURE_FILENAME = "structure.json"
 _ARRAYS_DIRNAME = "arrays"
 _FORMAT = "unprune_jax.stage"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: bool leaves stored as packed bits (see the module docstring).
+_READABLE_VERSIONS = (1, 2)
+_PACKED_BITS = "bits"
 _RESERVED_NAMES = frozenset({_ARRAYS_DIRNAME, META_FILENAME, _STRUCTURE_FILENAME})
 _MAX_LISTED = 5  # How many mismatching leaves an error message lists.
 _MAX_CAUSE_CHARS = 400  # TensorStore errors embed huge JSON specs; cut them.
@@ -349,6 +359,17 @@ def _crc32(a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
+def _pack_bits(a: np.ndarray) -> np.ndarray:
+    """A bool array as ``uint8[ceil(a.size / 8)]``: 8 elements per byte, C order, big-endian bits."""
+    return np.packbits(np.ascontiguousarray(a).reshape(-1))
+
+
+def _unpack_bits(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_pack_bits`: the bool array of ``shape`` (the padding bits are dropped)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    return np.unpackbits(packed, count=size).astype(np.bool_).reshape(shape)
+
+
 def _leaf_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], Any]:
     if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)):
         return tuple(leaf.shape), leaf.dtype
@@ -406,8 +427,13 @@ def save_stage(run_dir: PathLike, name: str, tree: Any, meta: dict) -> pathlib.P
             raise TypeError(
                 f"leaf {keystr} of type {type(leaf).__name__} with dtype {host.dtype} is not an array of numbers"
             )
+        crc = _crc32(host)  # Of the leaf as the caller sees it, before any packing.
+        if host.dtype == np.bool_ and host.size > 0:
+            entry["packing"] = _PACKED_BITS
+            entry["unpacked_shape"] = list(host.shape)
+            host = _pack_bits(host)
         entry.update(shape=list(shape), dtype=str(dtype), data_shape=list(host.shape), data_dtype=str(host.dtype))
-        entry["crc32"] = _crc32(host)
+        entry["crc32"] = crc
         arrays[f"{i:06d}"] = host
         entries.append(entry)
 
@@ -466,8 +492,10 @@ def _read_structure(d: pathlib.Path) -> list[dict[str, Any]]:
         raise _corrupt(d, f"{path.name} is not valid JSON ({_short(e)})") from e
     if not isinstance(structure, dict) or structure.get("format") != _FORMAT:
         raise _corrupt(d, f"{path.name} is not a {_FORMAT} structure file")
-    if structure.get("version") != _FORMAT_VERSION:
-        raise _corrupt(d, f"{path.name} has format version {structure.get('version')!r}, expected {_FORMAT_VERSION}")
+    if structure.get("version") not in _READABLE_VERSIONS:
+        raise _corrupt(
+            d, f"{path.name} has format version {structure.get('version')!r}, expected one of {_READABLE_VERSIONS}"
+        )
     leaves = structure.get("leaves")
     required = ("path", "shape", "dtype", "data_shape", "data_dtype", "crc32")
     if not isinstance(leaves, list) or not all(isinstance(e, dict) and all(k in e for k in required) for e in leaves):
@@ -573,6 +601,17 @@ def load_stage(run_dir: PathLike, name: str, like: Any) -> tuple[Any, dict]:
                 f"leaf {entry['path']} restored as {host.dtype}{host.shape}, "
                 f"saved {entry['data_dtype']}{tuple(entry['data_shape'])}",
             )
+        packing = entry.get("packing")
+        if packing is not None:
+            shape = tuple(entry.get("unpacked_shape", ()))
+            n_bytes = -(-int(np.prod(shape, dtype=np.int64)) // 8)
+            if packing != _PACKED_BITS or host.dtype != np.uint8 or host.shape != (n_bytes,):
+                raise _corrupt(
+                    d,
+                    f"leaf {entry['path']} has packing {packing!r} with data {host.dtype}{host.shape}; "
+                    f"expected {_PACKED_BITS!r} with uint8({n_bytes},) for a bool array of shape {shape}",
+                )
+            host = _unpack_bits(host, shape)
         if _crc32(host) != entry["crc32"]:
             raise _corrupt(d, f"leaf {entry['path']} fails its CRC-32 check (array data corrupted)")
         if "key_impl" in entry:
