@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -21,20 +21,24 @@ class SmallCNN(nn.Module):
     widths: Sequence[int] = (32, 64)
     hidden: int = 128
     pool: str = "stride"
+    dtype: Any = None  # compute dtype (e.g. bfloat16); None = the params' float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        dtype = None if self.dtype is None else jnp.dtype(self.dtype)
+        x = x if dtype is None else x.astype(dtype)
         for i, w in enumerate(self.widths):
             if self.pool == "stride":
-                x = nn.relu(nn.Conv(w, (3, 3), strides=2, name=f"conv{i}")(x))
+                x = nn.relu(nn.Conv(w, (3, 3), strides=2, dtype=dtype, name=f"conv{i}")(x))
             elif self.pool == "max":
-                x = nn.relu(nn.Conv(w, (3, 3), name=f"conv{i}")(x))
+                x = nn.relu(nn.Conv(w, (3, 3), dtype=dtype, name=f"conv{i}")(x))
                 x = nn.max_pool(x, (2, 2), (2, 2))
             else:
                 raise ValueError(f"pool must be 'stride' or 'max', got {self.pool!r}")
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
-        return nn.Dense(self.num_classes, name="head")(x)
+        x = nn.relu(nn.Dense(self.hidden, dtype=dtype, name="fc")(x))
+        logits = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class MLP(nn.Module):
@@ -42,10 +46,14 @@ class MLP(nn.Module):
 
     num_classes: int = 10
     hidden: Sequence[int] = (300, 100)
+    dtype: Any = None  # compute dtype (e.g. bfloat16); None = the params' float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        dtype = None if self.dtype is None else jnp.dtype(self.dtype)
         x = x.reshape(x.shape[0], -1)
+        x = x if dtype is None else x.astype(dtype)
         for i, h in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(h, name=f"fc{i}")(x))
-        return nn.Dense(self.num_classes, name="head")(jnp.asarray(x))
+            x = nn.relu(nn.Dense(h, dtype=dtype, name=f"fc{i}")(x))
+        logits = nn.Dense(self.num_classes, dtype=dtype, name="head")(x)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
