@@ -1,0 +1,148 @@
+"""Shared plumbing of the experiment scripts: the FashionMNIST set-up, provenance, tables, figures.
+
+Every script writes its table as CSV and markdown and its figure as PNG into one results
+directory, and the markdown starts with the provenance: the command, the settings, the seeds,
+the software versions and the machine, so a number can always be traced to the run that made it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+
+from unprune_jax import masks, optim
+from unprune_jax.data import load_dataset, make_split
+from unprune_jax.models import get_model, init_model, make_apply_fn
+from unprune_jax.train import TrainState
+
+
+@dataclasses.dataclass
+class Setup:
+    """Real FashionMNIST, a split with a random forget set, a model at θ_0 and its pieces."""
+
+    data: Any
+    split: Any
+    model: Any
+    apply_fn: Any
+    tx: Any
+    init: TrainState
+    prunable: Any
+    random_params: Any
+
+
+def fashion_setup(train_size: int | None, *, split_seed: int = 0, model_seed: int = 0,
+                  forget_fraction: float = 0.1, model: str = "small_cnn", data_dir=None,
+                  data=None) -> Setup:
+    """FashionMNIST (the Debian package's IDX files), ``train_size`` training images of which
+    ``forget_fraction`` are to be forgotten, the official test set, and ``model`` at θ_0."""
+    data = load_dataset("fashion_mnist", data_dir) if data is None else data
+    split = make_split(data, seed=split_seed, train_size=train_size,
+                       forget_fraction=forget_fraction)
+    net = get_model(model)
+    apply_fn = make_apply_fn(net)
+    params0, ms0 = init_model(net, jax.random.PRNGKey(model_seed), data.x[:1])
+    random_params, _ = init_model(net, jax.random.PRNGKey(model_seed + 1), data.x[:1])
+    tx = optim.sgd()
+    return Setup(data, split, net, apply_fn, tx, TrainState.create(params0, ms0, tx),
+                 masks.prunable_leaves(params0), random_params)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(settings: dict, seeds: dict) -> dict:
+    """What made a result: command, settings, seeds, software versions, machine, date, commit."""
+    import flax
+    import numpy
+    import optax
+
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "settings": settings,
+        "seeds": seeds,
+        "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                     "flax": flax.__version__, "optax": optax.__version__,
+                     "numpy": numpy.__version__},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "backend": jax.default_backend(),
+                    "devices": [d.device_kind for d in jax.devices()]},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+    }
+
+
+def provenance_md(prov: dict) -> str:
+    m = prov["machine"]
+    return (
+        f"Command: `{prov['command']}`  \n"
+        f"Settings: `{json.dumps(prov['settings'])}`  \n"
+        f"Seeds: `{json.dumps(prov['seeds'])}`  \n"
+        f"Software: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()) + "  \n"
+        f"Machine: {m['cpus']} CPUs, {m['platform']}, JAX backend {m['backend']} "
+        f"({', '.join(sorted(set(m['devices'])))}); {prov['date']}, commit {prov['commit']}\n"
+    )
+
+
+Column = tuple[str, str, str]  # (row key, markdown header, format spec)
+
+
+def write_table(rows: Sequence[dict], columns: Sequence[Column], out: Path, name: str, *,
+                title: str, prov: dict, notes: str = "") -> Path:
+    """``name.csv`` (every key of every row) and ``name.md`` (the chosen columns, with the
+    provenance above and ``notes`` below), both in ``out``. Returns the markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+    def cell(v, fmt):
+        if v is None or (isinstance(v, float) and v != v):
+            return "—"
+        return format(v, fmt) if fmt else str(v)
+
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(k), fmt) for k, _, fmt in columns) + " |"
+              for r in rows]
+    text = f"# {title}\n\n{provenance_md(prov)}\n" + "\n".join(lines) + "\n"
+    if notes:
+        text += f"\n{notes.strip()}\n"
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+    return out / f"{name}.md"
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or a clear error if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("this experiment draws figures: pip install 'unprune_jax[experiments]'")\
+            from None
+    return plt
+
+
+def log_row(row: dict) -> None:
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+          flush=True)
