@@ -7,12 +7,12 @@ under the configuration it was started with.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+from ._names import closest_name, unknown_name_error
 from .masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from .prune import PruneConfig
 from .train import TrainConfig
@@ -106,8 +106,8 @@ def _jsonable(x):
 
 
 def _unknown(key: str, valid, where: str) -> ValueError:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    close = closest_name(key, valid)
+    hint = f" Did you mean {close!r}?" if close else ""
     return ValueError(f"unknown config key {where + '.' if where else ''}{key}; "
                       f"valid: {sorted(valid)}.{hint}")
 
@@ -182,4 +182,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     cfg = from_dict(Config, d)
     for name in cfg.unlearn.methods:
         cfg.method_config(name)  # validates names and per-method settings up front
+    from .unlearn import REGISTRY
+
+    for name in cfg.unlearn.settings:  # a typo here would otherwise be silently ignored
+        if name not in REGISTRY:
+            raise unknown_name_error("unlearning method in unlearn.settings", name, REGISTRY,
+                                     cutoff=0.3)
     return cfg

@@ -23,7 +23,6 @@ are un-pruning's default regrow score). The gold standard reruns the same pruner
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from typing import Callable
 
@@ -34,6 +33,7 @@ import numpy as np
 from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
+from ._names import closest_name, unknown_name_error
 from .data import Dataset
 from .train import TrainConfig, TrainState, fit, make_train_step
 
@@ -87,9 +87,7 @@ class PruneConfig:
     def __post_init__(self):
         masks_lib.validate_density(self.density)
         if self.method not in PRUNERS:
-            close = difflib.get_close_matches(self.method, list(PRUNERS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown pruner {self.method!r}; known: {sorted(PRUNERS)}.{hint}")
+            raise unknown_name_error("pruner", self.method, PRUNERS)
         checks = {
             "scope": (self.scope, ("global", "per_layer")),
             "granularity": (self.granularity, masks_lib.GRANULARITIES),
@@ -99,7 +97,9 @@ class PruneConfig:
         }
         for name, (value, valid) in checks.items():
             if value not in valid:
-                raise ValueError(f"prune.{name} must be one of {list(valid)}, got {value!r}")
+                close = closest_name(str(value), valid)
+                hint = f" Did you mean {close!r}?" if close else ""
+                raise ValueError(f"prune.{name} must be one of {list(valid)}, got {value!r}.{hint}")
         for name in ("rewind_epoch",):
             if getattr(self, name) < 0:
                 raise ValueError(f"prune.{name} must be ≥ 0, got {getattr(self, name)}")

@@ -6,7 +6,6 @@ are computed on, so the retained data can drive them (for un-pruning and the gol
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Callable
 
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 
 from . import losses as losses_lib
 from . import masks as masks_lib
+from ._names import unknown_name_error
 
 
 def magnitude(params):
@@ -121,7 +121,5 @@ SCORES: dict[str, tuple[Callable, str]] = {
 def get(name: str) -> Callable:
     """The score function registered as ``name``; unknown names get the closest valid one."""
     if name not in SCORES:
-        close = difflib.get_close_matches(name, list(SCORES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown score {name!r}; known: {sorted(SCORES)}.{hint}")
+        raise unknown_name_error("score", name, SCORES)
     return SCORES[name][0]

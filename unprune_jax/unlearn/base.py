@@ -9,12 +9,12 @@ method's epochs, learning rate and so on. Un-pruning takes any registered method
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from .._names import unknown_name_error
 from ..data import Dataset
 from ..train import DivergenceError, TrainConfig, TrainState, fit, make_train_step
 
@@ -74,10 +74,8 @@ def register(name: str, defaults: TrainConfig, description: str):
 def get(name: str) -> Entry:
     """The registry entry for ``name``; unknown names get the closest valid one in the error."""
     if name not in REGISTRY:
-        same_case = [k for k in REGISTRY if k.lower() == name.lower()]
-        close = same_case or difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.3)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown unlearning method {name!r}; known: {sorted(REGISTRY)}.{hint}")
+        # method names are short (GA, FT, RL): a low cutoff still finds GA for GAA
+        raise unknown_name_error("unlearning method", name, REGISTRY, cutoff=0.3)
     return REGISTRY[name]
 
 
