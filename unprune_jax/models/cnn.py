@@ -8,6 +8,27 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+def max_pool_2x2(x):
+    """2×2 max-pooling with stride 2 and VALID padding, as a reshape and a max.
+
+    Same values as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped, as
+    VALID does), but XLA:CPU runs it about 5-10× faster forward + backward (2 cores, batch 128,
+    28×28×32: 18 vs 126 ms): ``nn.max_pool``'s gradient is a ``select-and-scatter``, this one's
+    an elementwise compare. They differ only in where the gradient of a tied maximum goes
+    (``nn.max_pool``: to the first; here: split evenly); after a ReLU the only ties are windows
+    of zeros, whose gradient the ReLU stops either way.
+
+    Args:
+        x: ``(N, H, W, C)`` array.
+
+    Returns:
+        ``(N, H // 2, W // 2, C)`` array.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class SmallCNN(nn.Module):
     """Two 3×3 conv layers, a hidden dense layer, and the classifier ``head``.
 
@@ -32,7 +53,7 @@ class SmallCNN(nn.Module):
                 x = nn.relu(nn.Conv(w, (3, 3), strides=2, dtype=dtype, name=f"conv{i}")(x))
             elif self.pool == "max":
                 x = nn.relu(nn.Conv(w, (3, 3), dtype=dtype, name=f"conv{i}")(x))
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool_2x2(x)
             else:
                 raise ValueError(f"pool must be 'stride' or 'max', got {self.pool!r}")
         x = x.reshape(x.shape[0], -1)
