@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import gc
 import json
 import logging
@@ -54,6 +55,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -377,6 +379,21 @@ def _leaf_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], Any]:
     return a.shape, a.dtype
 
 
+# Orbax keeps process-wide state (its async machinery, temporary directories); the sweep saves
+# stages from several threads at once, so saves and loads take turns.
+_ORBAX_LOCK = threading.RLock()
+
+
+def _serialised(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _ORBAX_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_serialised
 def save_stage(run_dir: PathLike, name: str, tree: Any, meta: dict) -> pathlib.Path:
     """Saves the result of a pipeline stage.
 
@@ -535,6 +552,7 @@ def _check_like(d: pathlib.Path, saved: list[dict[str, Any]], like_leaves: list[
         raise _corrupt(d, f"{len(bad)} leaves differ from `like` in shape or dtype: {_listing(bad)}")
 
 
+@_serialised
 def load_stage(run_dir: PathLike, name: str, like: Any) -> tuple[Any, dict]:
     """Restores a finished stage, bit-exact, with the structure of ``like``.
 

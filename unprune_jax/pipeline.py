@@ -81,13 +81,15 @@ class Context:
         return tree, meta
 
 
-def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print) -> Context:
-    """Loads the data, makes (or reloads) the split, builds the model, θ_0 and the optimizer."""
+def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
+                  dataset: Dataset | None = None) -> Context:
+    """Loads the data (unless ``dataset`` is given: it must be what ``cfg.data`` names), makes
+    (or reloads) the split, builds the model, θ_0 and the optimizer."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_same_config(cfg, run_dir)
     d = cfg.data
-    dataset = load_dataset(d.name, d.data_dir)
+    dataset = load_dataset(d.name, d.data_dir) if dataset is None else dataset
     split_path = run_dir / "split.json"
     if split_path.exists():
         split = Split.from_dict(ckpt.load_json(split_path))
@@ -286,18 +288,23 @@ def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original,
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of the evaluation rows (percentages for accuracies)."""
+def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
+    """Markdown table of the evaluation rows (percentages for accuracies).
+
+    ``first = (key, header)`` adds a leading column (the sweep's variant label).
+    """
 
     def num(x, fmt):
         return "—" if x is None or x != x else format(x, fmt)
 
     head = ("| model | UA % | RA % | TA % | IoU gold | J* gold | ΔJ | corrected | LLR norm | "
             "JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
-    lines = [head, "|" + "---|" * 14]
+    lead = f"| {first[1]} " if first else ""
+    lines = [lead + head, "|" + "---|" * (14 + bool(first))]
     for r in rows:
         flag = " (diverged)" if r.get("diverged") else ""
         lines.append(
+            (f"| {r[first[0]]} " if first else "") +
             f"| {r['model']}{flag} | {100 * r['UA']:.2f} | {100 * r['RA']:.2f} | "
             f"{100 * r['TA']:.2f} | {num(r['IoU_gold'], '.4f')} | "
             f"{num(r['IoU_gold_corrected'], '.4f')} | {num(r['delta_J'], '+.4f')} | "
@@ -334,10 +341,14 @@ def summary_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print) -> dict:
-    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON."""
+def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
+        dataset: Dataset | None = None) -> dict:
+    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON.
+
+    ``dataset``: the already loaded data ``cfg.data`` names (the sweep shares one copy).
+    """
     t_start = time.perf_counter()
-    ctx = build_context(cfg, run_dir, progress=progress, say=say)
+    ctx = build_context(cfg, run_dir, progress=progress, say=say, dataset=dataset)
     pruned, prune_meta = stage_prune(ctx)
     original = pruned["sparse"]
     states = {
@@ -385,4 +396,14 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print) -
     return results
 
 
-__all__ = ["run", "build_context", "evaluate", "format_table", "Context"]
+def sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=None,
+          strategy: str = "auto", progress: bool = True, say=print) -> dict:
+    """K variants of ``cfg`` (forget fractions or split seeds) as one batched run; see
+    :func:`unprune_jax.sweep.run_sweep`."""
+    from .sweep import run_sweep
+
+    return run_sweep(cfg, run_dir, forget_fractions=forget_fractions, seeds=seeds,
+                     strategy=strategy, progress=progress, say=say)
+
+
+__all__ = ["run", "sweep", "build_context", "evaluate", "format_table", "Context"]

@@ -9,6 +9,7 @@ untouched.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import time
@@ -223,6 +224,12 @@ def epoch_order(indices, seed: int, epoch: int, order_pool=None) -> np.ndarray:
     return order[np.isin(order, indices)]
 
 
+#: A callable that takes over :func:`fit` in the current context (thread) when set: the sweep
+#: (``unprune_jax.sweep``) runs K pipelines in K threads and batches their training loops into
+#: one ``runs.fit_many`` call. It receives exactly ``fit``'s arguments.
+FIT_HOOK: contextvars.ContextVar = contextvars.ContextVar("unprune_jax_fit_hook", default=None)
+
+
 def fit(
     state: TrainState,
     step_fn,
@@ -260,6 +267,11 @@ def fit(
         DivergenceError: the loss became non-finite or exceeded ``cfg.max_loss``; carries the
             state at the start of the failing epoch.
     """
+    hook = FIT_HOOK.get()
+    if hook is not None:
+        return hook(state, step_fn, dataset, indices, cfg, order_pool=order_pool,
+                    start_epoch=start_epoch, snapshot_epochs=snapshot_epochs, desc=desc,
+                    progress=progress, labels=labels, extras=extras, constants=constants)
     indices = np.asarray(indices)
     if indices.size == 0:
         raise ValueError(f"{desc}: no examples to train on")
