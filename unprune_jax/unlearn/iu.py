@@ -71,6 +71,8 @@ import optax
 from .. import losses
 from .. import masks as masks_lib
 from ..data import batch_indices
+# One HVP, one power iteration, one pytree inner product for the whole library: the theory's.
+from ..metrics.theory import hvp, masked_hvp, power_iteration, tree_norm, tree_vdot  # noqa: F401
 from ..train import DivergenceError, TrainConfig
 from .base import register, train_on
 
@@ -84,40 +86,12 @@ DIRECTIONS = ("influence", "newton")
 # --- pytree vector algebra ------------------------------------------------------------------------
 
 
-def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
-    """Σ over leaves of ⟨a, b⟩ (real)."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def tree_norm(a: PyTree) -> jax.Array:
-    return jnp.sqrt(tree_vdot(a, a))
-
-
 def _axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
     """alpha·x + y."""
     return jax.tree.map(lambda a, b: alpha * a + b, x, y)
 
 
 # --- curvature-vector products --------------------------------------------------------------------
-
-
-def hvp(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, v: PyTree) -> PyTree:
-    """Hessian-vector product ∇²loss(params)·v, forward-over-reverse (``jvp`` of ``grad``).
-
-    Costs about two gradient evaluations and never forms the Hessian.
-    """
-    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
-
-
-def masked_hvp(loss_fn, params: PyTree, mask: PyTree, v: PyTree) -> PyTree:
-    """M ⊙ H(M ⊙ v), H the Hessian of ``loss_fn`` at M ⊙ params.
-
-    Equals the dense Hessian restricted to the kept coordinates, with zeros at pruned ones; the
-    entries of ``v`` at pruned coordinates are ignored.
-    """
-    masked_loss = lambda p: loss_fn(masks_lib.apply_mask(p, mask))
-    hv = hvp(masked_loss, masks_lib.apply_mask(params, mask), masks_lib.apply_mask(v, mask))
-    return masks_lib.apply_mask(hv, mask)
 
 
 def ggn_vp(model_fn: Callable[[PyTree], jax.Array], out_loss_fn: Callable[[jax.Array], jax.Array],
@@ -209,22 +183,6 @@ def lissa_solve(matvec: Callable[[PyTree], PyTree], b: PyTree, depth: int = 100,
     i, x, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x0, jnp.asarray(jnp.inf)))
     res = tree_norm(jax.tree.map(jnp.subtract, b, matvec(x)))
     return x, {"iterations": i + 1, "residual": res / jnp.where(b_norm > 0, b_norm, 1.0)}
-
-
-def power_iteration(matvec: Callable[[PyTree], PyTree], v0: PyTree, iters: int = 20):
-    """The eigenvalue of largest magnitude of a symmetric A, and its vector, by ``iters`` steps.
-
-    Returns ``(eigenvalue, vector)``; the eigenvalue is the Rayleigh quotient vᵀAv of the unit v.
-    """
-
-    def body(_, v):
-        w = matvec(v)
-        n = tree_norm(w)
-        return jax.tree.map(lambda a: a / jnp.where(n > 0, n, 1.0), w)
-
-    n0 = tree_norm(v0)
-    v = jax.lax.fori_loop(0, iters, body, jax.tree.map(lambda a: a / n0, v0))
-    return tree_vdot(v, matvec(v)), v
 
 
 # --- the retain-set curvature operator ------------------------------------------------------------
