@@ -1,0 +1,750 @@
+"""K experiments in one call: stacked train states, K-run steps, device sharding, memory.
+
+K runs (different forget/retain subsets padded to a common batch shape with per-example weights,
+different seeds, different hyperparameters of one method) share one model architecture, so their
+:class:`~unprune_jax.train.TrainState` pytrees stack along a new leading axis ``K``. A single-run
+step ``(state, x, y, w, extra) -> (state, metrics)`` from :func:`train.make_train_step` then runs
+for all K by one of these strategies:
+
+* ``"vmap"``: ``jit(vmap(step))``; one dispatch, K-wide kernels. Convolutions over K weight copies
+  become grouped convolutions, which XLA runs poorly on some backends (a 2-core CPU: 0.24× the
+  loop's throughput at K=8 for the small CNN).
+* ``"map"``: ``jit(lax.map(step, batch_size=b))``; one dispatch, the K runs sequential inside the
+  compiled program (``b`` runs vmapped at a time; ``b=None`` is fully sequential, no grouped
+  convolutions at all).
+* ``"loop"``: a Python loop of K calls of the single-run jitted step; the baseline.
+* ``"shard"``: ``vmap`` with the K axis laid over the ``runs`` axis of a device mesh (and, if the
+  mesh has a ``data`` axis larger than 1, each run's batch over ``data``). K not divisible by the
+  ``runs`` axis size is padded with no-op runs (copies of run 0 fed zero-weight batches) that are
+  dropped again before returning.
+* ``"auto"``: times a few steps of each candidate on the actual shapes once, caches the pick per
+  (backend, step, shapes, K, memory limit) and never picks a strategy slower than the loop in that
+  measurement (see :func:`choose_strategy`). If a memory limit is known and ``vmap`` does not fit,
+  ``map`` with the largest batch size that fits replaces it.
+
+Every strategy gives the same result as the loop to float tolerance: run ``k`` of :func:`fit_many`
+equals ``train.fit(unstack(states)[k], step_fn, dataset, subsets[k], cfgs[k])``.
+Nothing here forces float64; a model's compute dtype (e.g. bf16) passes straight through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from . import optim
+from .data import Dataset, batch_indices
+from .train import DivergenceError, TrainConfig, TrainState, epoch_order
+
+PyTree = Any
+StepFn = Callable[..., tuple[Any, dict]]
+
+STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
+_CONCRETE = ("vmap", "map", "loop", "shard")
+
+
+# --- stacking -------------------------------------------------------------------------------------
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stacks K pytrees of identical structure and leaf shapes along a new leading axis.
+
+    Args:
+        trees: K ≥ 1 pytrees (e.g. ``TrainState``\\ s of one architecture).
+
+    Returns:
+        One pytree whose every leaf has shape ``(K, *leaf.shape)``.
+
+    Raises:
+        ValueError: ``trees`` is empty, or structures / leaf shapes differ (names the run).
+    """
+    trees = list(trees)
+    if not trees:
+        raise ValueError("stack: got no trees")
+    ref = jax.tree.structure(trees[0])
+    ref_shapes = [np.shape(a) for a in jax.tree.leaves(trees[0])]
+    for k, t in enumerate(trees[1:], 1):
+        if jax.tree.structure(t) != ref:
+            raise ValueError(f"stack: tree {k} has structure {jax.tree.structure(t)}, tree 0 has "
+                             f"{ref}")
+        shapes = [np.shape(a) for a in jax.tree.leaves(t)]
+        if shapes != ref_shapes:
+            bad = next(i for i, (a, b) in enumerate(zip(shapes, ref_shapes)) if a != b)
+            raise ValueError(f"stack: leaf {bad} of tree {k} has shape {shapes[bad]}, tree 0's "
+                             f"has {ref_shapes[bad]}")
+    return _stack_jit(*trees)
+
+
+# One compiled program per tree structure instead of one eager dispatch per leaf.
+_stack_jit = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
+_take_jit = jax.jit(lambda tree, k: jax.tree.map(lambda a: a[k], tree))
+
+
+def num_runs(tree: PyTree) -> int:
+    """The common leading-axis size K of a stacked pytree.
+
+    Raises:
+        ValueError: a leaf is a scalar or the leading sizes differ.
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError("num_runs: the tree has no leaves")
+    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+    if None in sizes or len(sizes) != 1:
+        raise ValueError(f"not a stacked tree: leading sizes {sorted(map(str, sizes))} (every leaf "
+                         "needs the same leading axis K)")
+    return int(sizes.pop())
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Inverse of :func:`stack`: K pytrees, the k-th holding ``leaf[k]`` of every leaf."""
+    return [_take_jit(tree, k) for k in range(num_runs(tree))]
+
+
+def tree_bytes(tree: PyTree) -> int:
+    """Total bytes of a pytree's array leaves (abstract ``ShapeDtypeStruct`` leaves count too)."""
+    return int(sum(math.prod(np.shape(a)) * np.dtype(a.dtype).itemsize
+                   for a in jax.tree.leaves(tree)))
+
+
+# --- meshes ---------------------------------------------------------------------------------------
+
+
+def make_mesh(runs: int | None = None, data: int = 1, devices=None) -> Mesh:
+    """A ``('runs', 'data')`` device mesh over ``devices`` (default ``jax.devices()``).
+
+    Args:
+        runs: size of the ``runs`` axis (independent experiments); default: all devices / data.
+        data: size of the ``data`` axis (one run's batch split across devices).
+        devices: the devices to use; ``runs * data`` of them, in the given order.
+
+    Raises:
+        ValueError: the sizes do not multiply to a usable number of devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if data < 1 or len(devices) % data:
+        raise ValueError(f"make_mesh: data={data} must divide the {len(devices)} devices")
+    runs = len(devices) // data if runs is None else runs
+    if runs < 1 or runs * data > len(devices):
+        raise ValueError(f"make_mesh: runs={runs} × data={data} = {runs * data} devices, "
+                         f"but only {len(devices)} are available")
+    grid = np.array(devices[: runs * data], dtype=object).reshape(runs, data)
+    # Auto axes: jit propagates the shardings; the step itself stays sharding-agnostic.
+    return Mesh(grid, ("runs", "data"),
+                axis_types=(jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto))
+
+
+def _axis(mesh: Mesh, name: str) -> int:
+    return int(dict(mesh.shape).get(name, 1))
+
+
+def _check_mesh(mesh: Mesh) -> None:
+    if not isinstance(mesh, Mesh) or "runs" not in mesh.axis_names:
+        raise ValueError(f"strategy 'shard' needs a jax.sharding.Mesh with a 'runs' axis "
+                         f"(see make_mesh), got {mesh!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def make_data_parallel_step(step_fn: StepFn, mesh: Mesh):
+    """One run, data-parallel: the batch is split over ``mesh``'s ``data`` axis, state replicated.
+
+    The step is the same single-run function; ``jit`` in/out shardings place it and XLA inserts the
+    gradient all-reduce. ``extra`` is replicated. The batch size must be divisible by the ``data``
+    axis size. Returns ``(state, x, y, w, extra) -> (state, metrics)``.
+    """
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"make_data_parallel_step needs a mesh with a 'data' axis, got "
+                         f"{mesh.axis_names}")
+    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def step(state, x, y, w, extra):
+        return step_fn(state, x, y, w, extra)
+
+    jitted = jax.jit(step, in_shardings=(rep, dat, dat, dat, rep), out_shardings=(rep, rep))
+
+    def call(state, x, y, w, extra=None):
+        if np.shape(x)[0] % _axis(mesh, "data"):
+            raise ValueError(f"batch size {np.shape(x)[0]} is not divisible by the mesh's data "
+                             f"axis ({_axis(mesh, 'data')} devices)")
+        return jitted(state, x, y, w, {} if extra is None else extra)
+
+    return call
+
+
+# --- K-run steps ----------------------------------------------------------------------------------
+
+
+def _k_body(step_fn: StepFn, strategy: str, map_batch_size: int | None):
+    """The traceable K-run step over stacked states and batches (no jit, no shardings)."""
+    if strategy in ("vmap", "shard"):
+        return jax.vmap(step_fn)
+    if strategy == "map":
+        def mapped(states, x, y, w, extra):
+            return jax.lax.map(lambda a: step_fn(*a), (states, x, y, w, extra),
+                               batch_size=map_batch_size)
+        return mapped
+    raise ValueError(f"no K-run body for strategy {strategy!r}")
+
+
+def _shardings(mesh: Mesh, scan: bool):
+    """(state, x, w, metrics) shardings for 'shard': K over 'runs', each batch over 'data'."""
+    lead = (None,) if scan else ()
+    runs = NamedSharding(mesh, P("runs"))
+    batch = NamedSharding(mesh, P(*lead, "runs", "data"))
+    metrics = NamedSharding(mesh, P(*lead, "runs"))
+    return runs, batch, metrics
+
+
+def _check_map_batch_size(map_batch_size) -> None:
+    if map_batch_size is not None and (isinstance(map_batch_size, bool)
+                                       or not isinstance(map_batch_size, (int, np.integer))
+                                       or map_batch_size < 1):
+        raise ValueError(f"map_batch_size must be a positive int or None, got {map_batch_size!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def make_k_step(step_fn: StepFn, strategy: str, map_batch_size: int | None = None,
+                mesh: Mesh | None = None):
+    """A K-run step ``(states, x, y, w, extra=None) -> (states, metrics)`` for one strategy.
+
+    Every input has a leading axis K: ``states`` stacked (:func:`stack`), ``x`` of shape
+    ``(K, B, ...)``, ``y`` and ``w`` of shape ``(K, B)``, every ``extra`` leaf ``(K, ...)``.
+    ``metrics`` leaves have shape ``(K,)``. Cached per arguments, and ``jit`` caches compilations
+    per input shapes, so steps and calls of one shape never recompile.
+
+    Args:
+        step_fn: single-run step from :func:`train.make_train_step`.
+        strategy: ``"vmap"``, ``"map"``, ``"loop"`` or ``"shard"`` (``"auto"`` is resolved by
+            :func:`fit_many`, which sees the shapes).
+        map_batch_size: for ``"map"``: runs vmapped at a time (None: one at a time).
+        mesh: for ``"shard"``: a mesh with a ``runs`` axis whose size divides K.
+    """
+    _check_map_batch_size(map_batch_size)
+    if strategy == "loop":
+        def loop(states, x, y, w, extra=None):
+            outs = [step_fn(s, x[k], y[k], w[k],
+                            {} if extra is None else jax.tree.map(lambda a, k=k: a[k], extra))
+                    for k, s in enumerate(unstack(states))]
+            return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+        return loop
+    if strategy in ("vmap", "map"):
+        jitted = jax.jit(_k_body(step_fn, strategy, map_batch_size))
+        return lambda states, x, y, w, extra=None: jitted(states, x, y, w,
+                                                          {} if extra is None else extra)
+    if strategy == "shard":
+        _check_mesh(mesh)
+        runs, batch, metrics = _shardings(mesh, scan=False)
+        jitted = jax.jit(jax.vmap(step_fn), in_shardings=(runs, batch, batch, batch, runs),
+                         out_shardings=(runs, metrics))
+
+        def sharded(states, x, y, w, extra=None):
+            k = num_runs(states)
+            if k % _axis(mesh, "runs"):
+                raise ValueError(f"strategy 'shard': K={k} runs is not divisible by the mesh's "
+                                 f"runs axis ({_axis(mesh, 'runs')}); fit_many pads with no-op "
+                                 "runs, a direct caller must pad")
+            return jitted(states, x, y, w, {} if extra is None else extra)
+        return sharded
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {_CONCRETE} (or 'auto' in "
+                     "fit_many)")
+
+
+@functools.lru_cache(maxsize=None)
+def _k_epoch(step_fn: StepFn, strategy: str, map_batch_size: int | None, mesh: Mesh | None):
+    """Compiled whole epoch ``(states, X, Y, idx, w) -> (states, metrics)`` as one ``lax.scan``.
+
+    ``X``/``Y`` are the device-resident pool (images, labels); ``idx`` and ``w`` have shape
+    ``(num_batches, K, B)``; each scan step gathers its K batches on device, so no host round-trip
+    happens inside the epoch. ``metrics`` leaves have shape ``(num_batches, K)``.
+    """
+    body = _k_body(step_fn, strategy, map_batch_size)
+
+    def epoch(states, X, Y, idx, w):
+        def one(s, batch):
+            i, wb = batch
+            return body(s, X[i], Y[i], wb, {})
+        return jax.lax.scan(one, states, (idx, w))
+
+    if strategy != "shard":
+        return jax.jit(epoch)
+    runs, batch, metrics = _shardings(mesh, scan=True)
+    rep = NamedSharding(mesh, P())
+    return jax.jit(epoch, in_shardings=(runs, rep, rep, batch, batch),
+                   out_shardings=(runs, metrics))
+
+
+@functools.lru_cache(maxsize=None)
+def _single_epoch(step_fn: StepFn):
+    """Like :func:`_k_epoch` for one run (the loop strategy): idx, w of shape (num_batches, B)."""
+
+    def epoch(state, X, Y, idx, w):
+        def one(s, batch):
+            i, wb = batch
+            return step_fn(s, X[i], Y[i], wb, {})
+        return jax.lax.scan(one, state, (idx, w))
+
+    return jax.jit(epoch)
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+class RunsMemoryError(MemoryError):
+    """A requested strategy needs more device memory than the limit.
+
+    Attributes:
+        needed: bytes the compiled program needs (arguments + outputs − aliased + temporaries).
+        available: the limit in bytes.
+    """
+
+    def __init__(self, message: str, needed: int, available: int):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+def memory_report(fn, *args) -> dict[str, int]:
+    """Device memory of one call of ``fn(*args)``, from XLA's compiled memory analysis.
+
+    ``fn`` is jitted if it is not already (a jitted function keeps its shardings); ``args`` may be
+    arrays or ``jax.ShapeDtypeStruct``\\ s. Works on CPU, GPU and TPU.
+
+    Returns:
+        Bytes: ``argument``, ``output``, ``alias`` (outputs that reuse argument buffers), ``temp``
+        (scratch), ``needed`` = argument + output − alias + temp (what must fit at once),
+        ``peak`` (XLA's own peak estimate, 0 where the backend gives none) and ``state`` (bytes of
+        ``args[0]``, by convention the — possibly stacked — train state).
+    """
+    lowerable = fn if hasattr(fn, "lower") else jax.jit(fn)
+    stats = lowerable.lower(*args).compile().memory_analysis()
+    arg, out = int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes)
+    alias, temp = int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes)
+    return {
+        "argument": arg, "output": out, "alias": alias, "temp": temp,
+        "needed": arg + out - alias + temp,
+        "peak": int(getattr(stats, "peak_memory_in_bytes", 0) or 0),
+        "state": tree_bytes(args[0]) if args else 0,
+    }
+
+
+def default_memory_limit() -> int | None:
+    """The first device's ``memory_stats()['bytes_limit']``, or None where it is not reported (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+def strategy_memory(step_fn: StepFn, strategy: str, states, x, y, w, *,
+                    map_batch_size: int | None = None, mesh: Mesh | None = None) -> int:
+    """Bytes one K-run step of ``strategy`` needs on a device, for stacked inputs of these shapes.
+
+    For ``"loop"``: one run's step plus the other K−1 states held on the device meanwhile.
+    """
+    states, x, y, w = (_abstract(t) for t in (states, x, y, w))
+    leaves, treedef = jax.tree.flatten((states, x, y, w))
+    key = (step_fn, strategy, map_batch_size if strategy == "map" else None, mesh, treedef,
+           tuple((a.shape, str(a.dtype)) for a in leaves))
+    if key not in _NEED_CACHE:  # compiling for the analysis is the expensive part
+        _NEED_CACHE[key] = _strategy_memory(step_fn, strategy, states, x, y, w, map_batch_size,
+                                            mesh)
+    return _NEED_CACHE[key]
+
+
+_NEED_CACHE: dict[tuple, int] = {}
+
+
+def _strategy_memory(step_fn, strategy, states, x, y, w, map_batch_size, mesh) -> int:
+    k = num_runs(states)
+    if strategy == "loop":
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (states, x, y, w))
+        single = memory_report(step_fn, *one, {})["needed"]
+        return single + (k - 1) * tree_bytes(one[0])
+    if strategy == "shard":
+        _check_mesh(mesh)
+        runs, batch, metrics = _shardings(mesh, scan=False)
+        fn = jax.jit(jax.vmap(step_fn), in_shardings=(runs, batch, batch, batch, runs),
+                     out_shardings=(runs, metrics))
+        return memory_report(fn, states, x, y, w, {})["needed"]
+    return memory_report(jax.jit(_k_body(step_fn, strategy, map_batch_size)), states, x, y, w,
+                         {})["needed"]
+
+
+def largest_fitting_map_batch(step_fn: StepFn, states, x, y, w, limit: int) -> int | None:
+    """The largest ``b`` in [1, K) with ``lax.map(batch_size=b)`` within ``limit`` bytes, else None.
+
+    Interpolates linearly between the measured needs of ``b = 1`` and ``b = K`` (vmap), then
+    confirms with the compiled analysis, stepping down until it fits.
+    """
+    k = num_runs(states)
+    need1 = strategy_memory(step_fn, "map", states, x, y, w, map_batch_size=1)
+    if need1 > limit:
+        return None
+    if k <= 2:
+        return 1
+    needk = strategy_memory(step_fn, "vmap", states, x, y, w)
+    per_run = max((needk - need1) / (k - 1), 1.0)
+    b = int(min(k - 1, max(1, 1 + (limit - need1) // per_run)))
+    while b > 1 and strategy_memory(step_fn, "map", states, x, y, w, map_batch_size=b) > limit:
+        b -= 1
+    return b
+
+
+# --- choosing a strategy --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A resolved strategy: ``strategy`` is one of vmap/map/loop/shard, ``map_batch_size`` for map."""
+
+    strategy: str
+    map_batch_size: int | None = None
+
+
+def choose_strategy(timings: dict[Plan, float], margin: float = 0.05) -> Plan:
+    """The fastest plan, but never one slower than the loop.
+
+    Args:
+        timings: seconds per K-run step for each candidate plan; must contain the loop plan.
+        margin: a non-loop plan must beat the loop by this fraction to be picked, so timing noise
+            cannot trade the loop for something equally fast but riskier.
+
+    Raises:
+        ValueError: no loop timing to compare against.
+    """
+    loop = [p for p in timings if p.strategy == "loop"]
+    if not loop:
+        raise ValueError(f"choose_strategy needs a 'loop' timing as the baseline, got "
+                         f"{sorted(p.strategy for p in timings)}")
+    base = timings[loop[0]]
+    best = min(timings, key=lambda p: (timings[p], p.strategy != "loop"))
+    return best if timings[best] <= (1.0 - margin) * base else loop[0]
+
+
+def _time_plan(plan: Plan, step_fn, states, x, y, w, mesh, repeats: int) -> float:
+    """Seconds per K-run step of ``plan`` on these inputs (compiled first; best of ``repeats``)."""
+    if plan.strategy == "loop":
+        singles = unstack(states)
+        xs, ys, ws = (list(a) for a in (x, y, w))
+
+        def call():
+            return [step_fn(s, xs[k], ys[k], ws[k], {}) for k, s in enumerate(singles)]
+    else:
+        fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
+
+        def call():
+            return fn(states, x, y, w, {})
+    jax.block_until_ready(call())  # compile
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(call())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+_AUTO_CACHE: dict[tuple, Plan] = {}
+
+
+def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto",
+                     map_batch_size: int | None = None, mesh: Mesh | None = None,
+                     memory_limit_bytes: int | None = None, repeats: int = 3) -> Plan:
+    """The plan for stacked inputs of these shapes: ``strategy`` checked against memory, or chosen.
+
+    For an explicit strategy, checks (if a limit is known) that it fits. For ``"auto"``: drops the
+    candidates that do not fit (replacing ``vmap`` by ``map`` with the largest fitting batch size),
+    times the rest on these inputs (:func:`_time_plan`) and takes :func:`choose_strategy`'s pick.
+    The pick is cached per (backend, step, shapes and dtypes, K, mesh, limit).
+
+    Raises:
+        RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
+            than ``memory_limit_bytes``; the message says how many are needed and available.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    _check_map_batch_size(map_batch_size)
+    limit = memory_limit_bytes
+    k = num_runs(states)
+
+    def need(plan: Plan) -> int:
+        return strategy_memory(step_fn, plan.strategy, states, x, y, w,
+                               map_batch_size=plan.map_batch_size, mesh=mesh)
+
+    if strategy != "auto":
+        plan = Plan(strategy, map_batch_size if strategy == "map" else None)
+        if limit is not None:
+            needed = need(plan)
+            if needed > limit:
+                raise RunsMemoryError(
+                    f"strategy {strategy!r} for K={k} runs needs {needed:,} bytes of device memory "
+                    f"but {limit:,} are available; use strategy='auto' (falls back to lax.map with "
+                    "a batch size that fits) or a smaller map_batch_size", needed, limit)
+        return plan
+
+    key = (jax.default_backend(), step_fn, str(jax.tree.map(lambda a: (np.shape(a), str(a.dtype)),
+                                                           (states, x, y, w))),
+           k, mesh, limit, map_batch_size)
+    if key in _AUTO_CACHE:
+        return _AUTO_CACHE[key]
+    candidates = [Plan("loop"), Plan("vmap"), Plan("map", map_batch_size)]
+    if mesh is not None and _axis(mesh, "runs") > 1 and k % _axis(mesh, "runs") == 0:
+        candidates.append(Plan("shard"))
+    if limit is not None:
+        fitting = []
+        for plan in candidates:
+            if need(plan) <= limit:
+                fitting.append(plan)
+            elif plan.strategy == "vmap":
+                b = largest_fitting_map_batch(step_fn, states, x, y, w, limit)
+                if b is not None:
+                    fitting.append(Plan("map", b))
+        if not any(p.strategy == "loop" for p in fitting):
+            needed = need(Plan("loop"))
+            raise RunsMemoryError(
+                f"K={k} runs do not fit: even the loop needs {needed:,} bytes of device memory but "
+                f"{limit:,} are available; run fewer runs at once", needed, limit)
+        candidates = list(dict.fromkeys(fitting))
+    timings = {p: _time_plan(p, step_fn, states, x, y, w, mesh, repeats) for p in candidates}
+    plan = choose_strategy(timings)
+    _AUTO_CACHE[key] = plan
+    return plan
+
+
+# --- fit_many -------------------------------------------------------------------------------------
+
+
+def _check_cfgs(cfgs, k: int) -> list[TrainConfig]:
+    cfgs = [cfgs] * k if isinstance(cfgs, TrainConfig) else list(cfgs)
+    if len(cfgs) != k:
+        raise ValueError(f"fit_many: {len(cfgs)} configs for K={k} runs")
+    for field in ("epochs", "batch_size"):
+        values = [getattr(c, field) for c in cfgs]
+        if len(set(values)) > 1:
+            raise ValueError(f"fit_many: every run needs the same {field}, got {values}")
+    return cfgs
+
+
+def _epoch_batches(subsets, cfgs, epoch, order_pool, k_pad):
+    """Per-run batches of one epoch, padded to a common count: idx, w of shape (nb, K_pad, B)."""
+    per_run = [batch_indices(epoch_order(s, c.seed, epoch, order_pool), c.batch_size, 0,
+                             shuffle=False) for s, c in zip(subsets, cfgs)]
+    nb = max(i.shape[0] for i, _ in per_run)
+    bsz = cfgs[0].batch_size
+    idx = np.zeros((nb, k_pad, bsz), np.int32)
+    w = np.zeros((nb, k_pad, bsz), np.float32)
+    for k, (i, wk) in enumerate(per_run):
+        # Extra batches of weight 0 are no-ops in the step, so a short run stays what fit gives.
+        idx[: len(i), k], w[: len(i), k] = i, wk
+        idx[len(i):, k] = i[0, 0]
+    return idx, w
+
+
+def fit_many(
+    states: TrainState,
+    step_fn: StepFn,
+    dataset: Dataset,
+    subsets: Sequence[np.ndarray],
+    cfgs: TrainConfig | Sequence[TrainConfig],
+    *,
+    order_pool=None,
+    strategy: str = "auto",
+    map_batch_size: int | None = None,
+    mesh: Mesh | None = None,
+    labels=None,
+    progress: bool = True,
+    desc: str = "train",
+    memory_limit_bytes: int | None | str = "device",
+    scan_epoch: bool = False,
+) -> tuple[TrainState, list[list[dict]]]:
+    """Trains K stacked runs at once; run k equals :func:`train.fit` of that run alone.
+
+    Per run, epoch e visits ``train.epoch_order(subsets[k], cfgs[k].seed, e, order_pool)`` in
+    batches from ``data.batch_indices``, exactly as ``fit``; runs with fewer batches get
+    zero-weight batches (no-ops in the step). Momentum, weight decay and the learning-rate
+    schedule are set per run in the stacked optimizer state.
+
+    Args:
+        states: stacked ``TrainState`` (every leaf with leading axis K), see :func:`stack`.
+        step_fn: single-run step from :func:`train.make_train_step`.
+        dataset: the pool.
+        subsets: K arrays of pool indices to train on (sizes may differ, none empty).
+        cfgs: one config for all, or K; ``epochs`` and ``batch_size`` must agree, seed, lr,
+            momentum, weight decay, milestones, gamma, max_loss may differ.
+        order_pool: see :func:`train.epoch_order` (shared by all runs).
+        strategy: ``"auto"``, ``"vmap"``, ``"map"``, ``"loop"`` or ``"shard"`` (module docstring).
+        map_batch_size: runs vmapped at a time under ``"map"`` (None: one at a time).
+        mesh: for ``"shard"`` (default: :func:`make_mesh` over all devices); under ``"auto"``,
+            ``"shard"`` is a candidate only when a mesh is given.
+        labels: labels for every pool example instead of ``dataset.y``, or ``epoch -> labels``;
+            shared by all runs.
+        progress: show a tqdm bar.
+        desc: label for the bar and error messages.
+        memory_limit_bytes: device memory limit for the memory check and ``auto``'s fallback;
+            ``"device"`` (default): the device's ``bytes_limit`` where reported, else no check.
+        scan_epoch: run each epoch as one compiled ``lax.scan`` with the pool on the device (no
+            host round-trip inside an epoch). Pays off when the step is launch-bound (an MLP,
+            small models on GPU/TPU); see docs/runs.md for what it did on a 2-core CPU.
+
+    Returns:
+        ``(states, histories)``: the stacked final states and, per run, one dict per epoch
+        (epoch, lr, loss, acc, seconds; ``seconds`` is the wall time of the epoch for all K).
+
+    Raises:
+        ValueError: inconsistent inputs (the message names the offending value).
+        RunsMemoryError: the explicit strategy does not fit ``memory_limit_bytes``.
+        DivergenceError: a run's loss became non-finite or exceeded its ``max_loss``; the
+            message names the run, ``.state`` holds all K stacked states at the start of that
+            epoch and ``.history`` the K histories so far.
+    """
+    k = num_runs(states)
+    subsets = [np.asarray(s) for s in subsets]
+    if len(subsets) != k:
+        raise ValueError(f"fit_many: {len(subsets)} subsets for K={k} stacked runs")
+    for i, s in enumerate(subsets):
+        if s.size == 0:
+            raise ValueError(f"{desc}: run {i} has no examples to train on")
+    cfgs = _check_cfgs(cfgs, k)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    _check_map_batch_size(map_batch_size)
+    if memory_limit_bytes == "device":
+        memory_limit_bytes = default_memory_limit()
+    if strategy == "shard" and mesh is None:
+        mesh = make_mesh()
+    if mesh is not None:
+        _check_mesh(mesh)
+    bsz, epochs = cfgs[0].batch_size, cfgs[0].epochs
+    if mesh is not None and bsz % _axis(mesh, "data"):
+        raise ValueError(f"batch_size {bsz} is not divisible by the mesh's data axis "
+                         f"({_axis(mesh, 'data')} devices)")
+
+    states = states.replace(opt_state=optim.set_hyperparams(
+        states.opt_state,
+        momentum=np.array([c.momentum for c in cfgs], np.float32),
+        weight_decay=np.array([c.weight_decay for c in cfgs], np.float32)))
+    histories: list[list[dict]] = [[] for _ in range(k)]
+    if epochs == 0:
+        return states, histories
+
+    # 'shard' pads K up to a multiple of the runs axis with copies of run 0 fed zero weights
+    # (auto offers 'shard' only when K is already a multiple).
+    k_pad = k
+    if strategy == "shard":
+        r = _axis(mesh, "runs")
+        k_pad = -(-k // r) * r
+        if k_pad > k:
+            states = jax.tree.map(
+                lambda a: jnp.concatenate([a, jnp.repeat(a[:1], k_pad - k, axis=0)]), states)
+    y_static = dataset.y if labels is None or callable(labels) else np.asarray(labels)
+    probe_idx, probe_w = _epoch_batches(subsets, cfgs, 0, order_pool, k_pad)
+    plan = resolve_strategy(
+        step_fn, states, dataset.x[probe_idx[0]], y_static[probe_idx[0]], probe_w[0],
+        strategy=strategy, map_batch_size=map_batch_size, mesh=mesh,
+        memory_limit_bytes=memory_limit_bytes)
+    carrier = unstack(states) if plan.strategy == "loop" else states
+    if scan_epoch:
+        pool_x = jnp.asarray(dataset.x)
+        if plan.strategy == "shard":
+            pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
+    for epoch in range(epochs):
+        lrs = [optim.multistep_lr(c.lr, epoch, c.milestones, c.gamma) for c in cfgs]
+        lr_arr = np.array(lrs + [lrs[0]] * (k_pad - k), np.float32)
+        if plan.strategy == "loop":
+            carrier = [s.replace(opt_state=optim.set_hyperparams(s.opt_state, learning_rate=lr))
+                       for s, lr in zip(carrier, lrs)]
+        else:
+            carrier = carrier.replace(opt_state=optim.set_hyperparams(carrier.opt_state,
+                                                                      learning_rate=lr_arr))
+        good = carrier
+        y_all = labels(epoch) if callable(labels) else y_static
+        idx, w = _epoch_batches(subsets, cfgs, epoch, order_pool, k_pad)
+        nb = idx.shape[0]
+        t0 = time.perf_counter()
+        if scan_epoch:
+            carrier, metrics = _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x,
+                                                  jnp.asarray(y_all), idx, w, progress,
+                                                  f"{desc} {epoch + 1}/{epochs}")
+        else:
+            carrier, metrics = _run_epoch(plan, step_fn, mesh, carrier, dataset.x, y_all, idx, w,
+                                          progress, f"{desc} {epoch + 1}/{epochs}")
+        seconds = time.perf_counter() - t0
+        loss, weight, correct = (metrics[n][:, :k] for n in ("loss", "weight", "correct"))
+        real = weight > 0
+        failure = None
+        for r in range(k):
+            total = weight[:, r].sum()
+            histories[r].append({
+                "epoch": epoch + 1, "lr": lrs[r],
+                "loss": float(np.where(real[:, r], loss[:, r] * weight[:, r], 0.0).sum() / total),
+                "acc": float(correct[:, r].sum() / total), "seconds": seconds,
+            })
+            bad = real[:, r] & ~np.isfinite(loss[:, r])
+            if cfgs[r].max_loss is not None:
+                bad |= real[:, r] & (np.abs(loss[:, r]) > cfgs[r].max_loss)
+            if bad.any() and failure is None:
+                b = int(np.argmax(bad))
+                failure = (f"{desc}: run {r}: loss {loss[b, r]!r} at epoch {epoch + 1}, batch "
+                           f"{b + 1} (limit max_loss={cfgs[r].max_loss}); kept the states from "
+                           "the start of that epoch")
+        if failure is not None:
+            raise DivergenceError(failure, _finish(good, plan, k), histories)
+    return _finish(carrier, plan, k), histories
+
+
+def _finish(carrier, plan: Plan, k: int):
+    """The stacked states of the K real runs (drops padding runs, restacks the loop's list)."""
+    if plan.strategy == "loop":
+        return stack(carrier)
+    if num_runs(carrier) > k:
+        return jax.tree.map(lambda a: a[:k], carrier)
+    return carrier
+
+
+def _run_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, progress, label):
+    """One epoch, one dispatch per batch (per run and batch for the loop); metrics (nb, K)."""
+    out = []
+    bar = tqdm(range(idx.shape[0]), desc=label, disable=not progress, leave=False, unit="batch")
+    if plan.strategy == "loop":
+        carrier = list(carrier)  # the caller keeps the epoch's starting list
+        for b in bar:
+            row = []
+            for r, s in enumerate(carrier):
+                carrier[r], m = step_fn(s, x_pool[idx[b, r]], y_pool[idx[b, r]], w[b, r], {})
+                row.append(m)
+            out.append(row)
+        out = jax.device_get(out)
+        metrics = {n: np.array([[m[n] for m in row] for row in out]) for n in out[0][0]}
+        return carrier, metrics
+    fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
+    for b in bar:
+        carrier, m = fn(carrier, x_pool[idx[b]], y_pool[idx[b]], w[b], {})
+        out.append(m)
+    out = jax.device_get(out)
+    return carrier, {n: np.stack([m[n] for m in out]) for n in out[0]}
+
+
+def _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x, pool_y, idx, w, progress, label):
+    """One epoch as one compiled scan per dispatch (per run for the loop); metrics (nb, K)."""
+    if plan.strategy == "loop":
+        fn = _single_epoch(step_fn)
+        carrier, out = list(carrier), []
+        for r in tqdm(range(len(carrier)), desc=label, disable=not progress, leave=False,
+                      unit="run"):
+            carrier[r], m = fn(carrier[r], pool_x, pool_y, idx[:, r], w[:, r])
+            out.append(m)
+        out = jax.device_get(out)
+        return carrier, {n: np.stack([m[n] for m in out], axis=1) for n in out[0]}
+    fn = _k_epoch(step_fn, plan.strategy, plan.map_batch_size, mesh)
+    carrier, m = fn(carrier, pool_x, pool_y, idx, w)
+    return carrier, {n: np.asarray(v) for n, v in jax.device_get(m).items()}
