@@ -1,12 +1,116 @@
-"""``unprune-jax``: the command line. It parses and dispatches; the work is in ``pipeline``."""
+"""``unprune-jax``: the command line. It parses and dispatches; the work is in ``pipeline`` and
+``report``.
+
+Subcommands: ``run`` (one pipeline run, resumable), ``sweep`` (K forget-set sizes or seeds as
+one batched run), ``report`` (markdown report over finished runs), ``list`` (what can be named
+in a config). Every name a user types (subcommand, list category, strategy, config key, pruner,
+method, model, dataset) is checked, and an unknown one gets the closest valid name in the error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
+
+from ._names import closest_name, unknown_name_error
+
+#: One line per dataset name ``data.load_dataset`` accepts (``data.DATASET_NAMES``).
+DATASET_DESCRIPTIONS = {
+    "fashion_mnist": "FashionMNIST from its four IDX files (default directory: the Debian package "
+                     "dataset-fashion-mnist); 28×28×1 images, 10 classes, official test split",
+    "synthetic": "class-mean images plus Gaussian noise, 28×28×1, 10 classes; for tests and "
+                 "examples (seconds)",
+    "tfds:<name>": "any prepared TensorFlow Datasets dataset through tfds.data_source, e.g. "
+                   "tfds:cifar10 (needs the tfds extra; no download here)",
+}
+
+#: How ``sweep`` runs its K experiments (``pipeline.sweep``'s ``strategy``).
+STRATEGIES = {
+    "auto": "let pipeline.sweep choose for the backend and K",
+    "vmap": "the K runs vectorised with jax.vmap, one jitted call",
+    "map": "the K runs one after another inside one jitted call (jax.lax.map)",
+    "loop": "the K runs one after another from Python (the reference)",
+    "shard": "the K runs spread over the devices of a jax.sharding mesh",
+}
+
+LIST_CATEGORIES = ("pruners", "scores", "unlearners", "models", "datasets")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a closest-name hint on an invalid choice (subcommand, list category)."""
+
+    def error(self, message):
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            valid = re.findall(r"'([^']*)'", m.group(2))
+            close = closest_name(m.group(1), valid)
+            if close:
+                message += f". Did you mean {close!r}?"
+        super().error(message)
+
+
+_HELP_FORMAT = argparse.RawDescriptionHelpFormatter
+
+
+# --- logging to the run directory -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Path, command: str):
+    """Yields ``say``: it prints and appends to ``run_dir/log.txt``.
+
+    The file also gets the library's own log records (checkpoint notes), every warning, and the
+    error that ends a failed run. The handlers are removed on exit, so calls in one process (the
+    tests) never write into each other's files.
+    """
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log = logging.getLogger("unprune_jax")
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the terminal gets `say`'s print; the file gets the log
+    # warnings reach the terminal as usual and the file as log records
+    wlog = logging.getLogger("py.warnings")
+    terminal = logging.StreamHandler(sys.stderr)
+    wlog.addHandler(handler)
+    wlog.addHandler(terminal)
+    logging.captureWarnings(True)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.info(msg)
+
+    try:
+        say(f"unprune-jax {command}")
+        yield say
+    except BaseException as e:
+        log.info(f"error: {type(e).__name__}: {e}")
+        raise
+    finally:
+        logging.captureWarnings(False)
+        for lg, hs in ((log, (handler,)), (wlog, (handler, terminal))):
+            for h in hs:
+                lg.removeHandler(h)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
+        handler.close()
+
+
+def _prepare_run_dir(path: str, fresh: bool) -> Path:
+    run_dir = Path(path)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+# --- subcommands ------------------------------------------------------------------------------
 
 
 def _cmd_run(args) -> int:
@@ -14,74 +118,211 @@ def _cmd_run(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.override)
-    run_dir = Path(args.run_dir)
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log = logging.getLogger("unprune_jax")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the terminal gets `say`'s print; the file gets the log
-
-    def say(msg: str) -> None:
-        print(msg, flush=True)
-        log.info(msg)
-
-    say(f"unprune-jax run: {' '.join(sys.argv[1:])}")
-    pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say)
+    run_dir = _prepare_run_dir(args.run_dir, args.fresh)
+    with _run_log(run_dir, f"run: {' '.join(args.argv)}") as say:
+        pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say)
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from . import pipeline
+    from .config import load_config
+
+    sweep = getattr(pipeline, "sweep", None)
+    if sweep is None:
+        raise ValueError(
+            "this version of unprune_jax has no pipeline.sweep (K-run batching) yet; run each "
+            "setting with `unprune-jax run -o data.forget_fraction=... -o train.seed=...`"
+        )
+    cfg = load_config(args.config, args.override)
+    run_dir = _prepare_run_dir(args.run_dir, args.fresh)
+    with _run_log(run_dir, f"sweep: {' '.join(args.argv)}") as say:
+        sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
+              strategy=args.strategy, progress=not args.no_progress, say=say)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.run_dirs, args.out)
+    print(f"report written to {out}")
+    return 0
+
+
+def list_entries(category: str) -> dict[str, str]:
+    """``{name: one-line description}`` of everything in ``category`` (see ``LIST_CATEGORIES``)."""
+    if category == "pruners":
+        from .prune import PRUNERS
+
+        return {name: desc for name, (_, desc) in PRUNERS.items()}
+    if category == "scores":
+        from .scores import SCORES
+
+        return {name: desc for name, (_, desc) in SCORES.items()}
+    if category == "unlearners":
+        from .unlearn import REGISTRY
+
+        return {name: entry.description for name, entry in REGISTRY.items()}
+    if category == "models":
+        from .models import MODELS
+
+        return {name: desc for name, (_, desc) in MODELS.items()}
+    if category == "datasets":
+        from .data import DATASET_NAMES
+
+        return {name: DATASET_DESCRIPTIONS.get(name, "(no description)") for name in
+                DATASET_NAMES}
+    raise unknown_name_error("list category", category, LIST_CATEGORIES)
 
 
 def _cmd_list(args) -> int:
-    from . import prune, scores, unlearn
-    from .data import DATASET_NAMES
-    from .models import MODELS
-
-    print("pruners:")
-    for name, (_, desc) in prune.PRUNERS.items():
-        print(f"  {name:<10} {desc}")
-    print("scores:")
-    for name, (_, desc) in scores.SCORES.items():
-        print(f"  {name:<10} {desc}")
-    print("unlearning methods:")
-    for name, entry in unlearn.REGISTRY.items():
-        print(f"  {name:<10} {entry.description}")
-    print("models:")
-    for name, (_, desc) in MODELS.items():
-        print(f"  {name:<10} {desc}")
-    print("datasets:\n  " + "\n  ".join(DATASET_NAMES))
+    for category in args.categories or LIST_CATEGORIES:
+        entries = list_entries(category)
+        width = max(len(n) for n in entries)
+        print(f"{category}:")
+        for name, desc in entries.items():
+            print(f"  {name:<{width}}  {desc}")
     return 0
 
 
+# --- argument types ---------------------------------------------------------------------------
+
+
+def _number_list(kind, check):
+    """An argparse type for a comma-separated list of distinct ``kind`` values passing ``check``
+    (which returns None or what is wrong with a value)."""
+
+    def parse(text: str):
+        out = []
+        for item in text.split(","):
+            try:
+                value = kind(item.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{item.strip()!r} in {text!r} is not a {kind.__name__}") from None
+            problem = check(value)
+            if problem:
+                raise argparse.ArgumentTypeError(f"{item.strip()} {problem}")
+            out.append(value)
+        if len(set(out)) != len(out):
+            raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
+        return tuple(out)
+
+    return parse
+
+
+def _strategy(text: str) -> str:
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(str(unknown_name_error("strategy", text, STRATEGIES)))
+    return text
+
+
+def _category(text: str) -> str:
+    if text not in LIST_CATEGORIES:
+        raise argparse.ArgumentTypeError(str(unknown_name_error("category", text,
+                                                                LIST_CATEGORIES)))
+    return text
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_dir: str) -> None:
+    p.add_argument("--config", "-c", help="TOML config file (sections data, model, train, "
+                   "prune, unlearn, unprune, evaluate); defaults without one")
+    p.add_argument("--run-dir", "-r", default=default_dir,
+                   help=f"where stages, results and log.txt go (default {default_dir})")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, TOML syntax, e.g. -o prune.density=0.05 "
+                   "(repeatable)")
+    p.add_argument("--fresh", action="store_true", help="delete --run-dir first")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from . import __version__
+
+    p = _Parser(
         prog="unprune-jax",
         description="Machine unlearning on pruned networks, with un-pruning, in JAX.",
+        epilog="examples:\n"
+               "  unprune-jax run -c experiments/demo.toml -r runs/demo\n"
+               "  unprune-jax report runs/demo runs/sfp -o report.md\n"
+               "  unprune-jax list unlearners\n"
+               "Each subcommand has its own --help.",
+        formatter_class=_HELP_FORMAT,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"unprune-jax {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,sweep,report,list}",
+                           parser_class=_Parser)
+
     r = sub.add_parser(
         "run",
         help="run (or resume) train → prune → unlearn → un-prune → gold → evaluate",
         description="Runs the pipeline; a rerun in the same --run-dir resumes at the first "
-        "unfinished stage.",
+        "unfinished stage. Everything printed also goes to RUN_DIR/log.txt; the results to "
+        "RUN_DIR/results.md and results.json.",
+        epilog="example:\n"
+               "  unprune-jax run -c experiments/demo.toml -r runs/demo -o prune.density=0.05\n"
+               "  unprune-jax run -r runs/tiny -o data.name=synthetic -o train.epochs=1 --fresh",
+        formatter_class=_HELP_FORMAT,
     )
-    r.add_argument("--config", "-c", help="TOML config file (sections data, model, train, "
-                   "prune, unlearn, unprune)")
-    r.add_argument("--run-dir", "-r", default="runs/demo", help="where stages and results go")
-    r.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. -o prune.density=0.05 (repeatable)")
-    r.add_argument("--fresh", action="store_true", help="delete --run-dir first")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_args(r, "runs/demo")
     r.set_defaults(func=_cmd_run)
-    ls = sub.add_parser("list", help="list pruners, unlearning methods, models and datasets")
+
+    s = sub.add_parser(
+        "sweep",
+        help="K forget-set sizes and/or seeds as one batched run",
+        description="Runs the pipeline for every forget fraction × seed, batched as --strategy "
+        "says (pipeline.sweep). Strategies:\n" + "\n".join(
+            f"  {k:<6} {v}" for k, v in STRATEGIES.items()),
+        epilog="example:\n"
+               "  unprune-jax sweep -c experiments/demo.toml -r runs/sweep \\\n"
+               "      --forget-fractions 0.01,0.05,0.1 --seeds 0,1,2 --strategy auto",
+        formatter_class=_HELP_FORMAT,
+    )
+    _add_config_args(s, "runs/sweep")
+    s.add_argument("--forget-fractions", metavar="F1,F2,...",
+                   type=_number_list(float, lambda f: None if 0 < f < 1 else "is not in (0, 1)"),
+                   help="forget-set sizes as fractions of the training set, e.g. 0.01,0.05,0.1")
+    s.add_argument("--seeds", metavar="S1,S2,...",
+                   type=_number_list(int, lambda v: None if v >= 0 else "is < 0"),
+                   help="data-order seeds, e.g. 0,1,2")
+    s.add_argument("--strategy", default="auto", type=_strategy, metavar="STRATEGY",
+                   help=f"one of {', '.join(STRATEGIES)} (default auto)")
+    s.set_defaults(func=_cmd_sweep)
+
+    rep = sub.add_parser(
+        "report",
+        help="one markdown report (tables, figures) over finished runs",
+        description="Reads RUN_DIR/config.json and results.json of every run (a directory "
+        "without results.json stands for its subdirectories that have one, e.g. a sweep's), "
+        "writes one markdown file with each run's settings and results, a comparison table "
+        "and figures (PNG files next to it).",
+        epilog="example:\n  unprune-jax report runs/demo runs/sfp -o reports/omp_vs_sfp.md",
+        formatter_class=_HELP_FORMAT,
+    )
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    rep.add_argument("-o", "--out", default="report.md", metavar="OUT.md",
+                     help="the markdown file to write (default report.md)")
+    rep.set_defaults(func=_cmd_report)
+
+    ls = sub.add_parser(
+        "list",
+        help="list pruners, scores, unlearning methods, models and datasets",
+        description="Names you can use in a config, each with a one-line description. "
+        f"Categories: {', '.join(LIST_CATEGORIES)} (default: all).",
+        epilog="example:\n  unprune-jax list unlearners models",
+        formatter_class=_HELP_FORMAT,
+    )
+    ls.add_argument("categories", nargs="*", type=_category, metavar="CATEGORY",
+                    help=f"any of {', '.join(LIST_CATEGORIES)}")
     ls.set_defaults(func=_cmd_list)
     return p
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

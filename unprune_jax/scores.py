@@ -109,7 +109,7 @@ def filter_l2(params):
 
 
 SCORES: dict[str, tuple[Callable, str]] = {
-    "magnitude": (magnitude, "|θ|"),
+    "magnitude": (magnitude, "|θ|, the weight magnitude (lowest-magnitude pruning, LWM)"),
     "random": (random, "uniform random (control)"),
     "snip": (snip, "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)"),
     "synflow": (synflow, "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free"),
