@@ -61,8 +61,11 @@ def test_list_describes_every_entry_of_every_category(capsys):
             assert len(ln.split(None, 1)[1]) > 5 and "(no description)" not in ln, ln
 
 
-def test_every_dataset_name_has_a_description():
+def test_every_dataset_name_and_strategy_has_a_description():
+    from unprune_jax import runs
+
     assert set(cli.DATASET_DESCRIPTIONS) == set(DATASET_NAMES)
+    assert tuple(cli.STRATEGIES) == runs.STRATEGIES
 
 
 def test_list_one_category_and_a_misspelt_one(capsys):

@@ -29,13 +29,13 @@ DATASET_DESCRIPTIONS = {
                    "tfds:cifar10 (needs the tfds extra; no download here)",
 }
 
-#: How ``sweep`` runs its K experiments (``pipeline.sweep``'s ``strategy``).
+#: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``pipeline.sweep``).
 STRATEGIES = {
-    "auto": "let pipeline.sweep choose for the backend and K",
-    "vmap": "the K runs vectorised with jax.vmap, one jitted call",
-    "map": "the K runs one after another inside one jitted call (jax.lax.map)",
-    "loop": "the K runs one after another from Python (the reference)",
-    "shard": "the K runs spread over the devices of a jax.sharding mesh",
+    "auto": "time each strategy on the real shapes once; never pick one slower than the loop",
+    "vmap": "jit(vmap(step)): one dispatch, K-wide kernels",
+    "map": "jit(lax.map(step)): one dispatch, the K runs sequential inside the program",
+    "loop": "a Python loop of the single-run jitted step (the baseline)",
+    "shard": "vmap with the K axis laid over the 'runs' axis of a device mesh",
 }
 
 LIST_CATEGORIES = ("pruners", "scores", "unlearners", "models", "datasets")
