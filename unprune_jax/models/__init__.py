@@ -2,7 +2,13 @@
 
 ``apply_fn(params, model_state, x, train) -> (logits, new_model_state)``: ``model_state`` holds the
 non-trained collections (``batch_stats``) and is ``{}`` for models without any. Every model names
-its classifier ``head``, so the default prunable-leaf predicate (all kernels but ``head``) fits all.
+its classifier ``head`` and takes a ``dtype`` (compute dtype; parameters stay float32, logits come
+back float32).
+
+Which parameters are prunable is a per-architecture predicate, :func:`default_prunable`: regular
+expressions over parameter paths (``'block0/attn/query/kernel'``) for
+:func:`unprune_jax.masks.prunable_leaves`. A run config's ``model.prunable_include/exclude``
+override it.
 """
 
 from __future__ import annotations
@@ -14,22 +20,66 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
+from ..masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from .alexnet import AlexNet
 from .cnn import MLP, SmallCNN
 from .resnet import ResNet18
+from .vit import ViT, vit_b16, vit_small
 
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "small_cnn": (SmallCNN, "two stride-2 3×3 convs + dense 128 + head, for 28×28 inputs"),
     "mlp": (MLP, "LeNet-300-100 multilayer perceptron"),
-    "resnet18": (ResNet18, "CIFAR ResNet-18 (3×3 stem, no max-pool), batch norm"),
+    "resnet18": (ResNet18, "CIFAR ResNet-18 (3×3 stem, no max-pool), batch norm; "
+                           "stem='imagenet' for 224×224"),
+    "alexnet": (AlexNet, "small-image AlexNet: 5 convs (64-192-384-256-256), 3 max-pools, "
+                         "dense 1024-1024 + head, for 28×28 and 32×32 inputs"),
+    "vit_small": (vit_small, "ViT for 32×32: patch 4, dim 192, depth 6, 3 heads, class token"),
+    "vit_b16": (vit_b16, "ViT-B/16 for 224×224: patch 16, dim 768, depth 12, 12 heads"),
+}
+
+# Transformers: only the blocks' attention and MLP kernels. The patch embedding (a conv kernel),
+# the positional embedding, the class token, layer norms and head stay dense, as in the ViT
+# pruning literature: they are a small share of the weights and every token depends on them.
+_VIT_PRUNABLE = ((r"^block\d+/attn/(query|key|value|out)/kernel$", r"^block\d+/fc[12]/kernel$"),
+                 DEFAULT_EXCLUDE)
+
+#: Per-architecture ``(include, exclude)`` regexes of prunable parameter paths. The CNNs use the
+#: library default, every conv and dense kernel except ``head`` (for ResNet-18 these are exactly
+#: the peers' 20 conv kernels: its only dense layer is ``head``; for AlexNet the convs and both
+#: hidden dense layers, which hold 68% of its weights).
+PRUNABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "small_cnn": (DEFAULT_INCLUDE, DEFAULT_EXCLUDE),
+    "mlp": (DEFAULT_INCLUDE, DEFAULT_EXCLUDE),
+    "resnet18": (DEFAULT_INCLUDE, DEFAULT_EXCLUDE),
+    "alexnet": (DEFAULT_INCLUDE, DEFAULT_EXCLUDE),
+    "vit_small": _VIT_PRUNABLE,
+    "vit_b16": _VIT_PRUNABLE,
 }
 
 
-def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """The model registered as ``name``; ``kwargs`` go to its constructor."""
+def _check_name(name: str) -> None:
     if name not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}.{hint}")
+
+
+def default_prunable(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(include, exclude)`` path regexes of model ``name``'s prunable leaves.
+
+    Pass them to :func:`unprune_jax.masks.prunable_leaves` (``prunable_leaves(params, *default_
+    prunable(name))``) when the run config does not set its own.
+
+    Raises:
+        ValueError: for an unknown model name (with the closest known name).
+    """
+    _check_name(name)
+    return PRUNABLE[name]
+
+
+def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """The model registered as ``name``; ``kwargs`` go to its constructor."""
+    _check_name(name)
     # Lists from a config file become tuples: modules must be hashable (the step cache keys on them).
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return MODELS[name][0](num_classes=num_classes, **kwargs)
@@ -44,7 +94,14 @@ def init_model(model: nn.Module, key: jax.Array, sample_x) -> tuple[Any, Any]:
 
 
 def make_apply_fn(model: nn.Module):
-    """The library's view of a Flax model: ``(params, model_state, x, train) -> (logits, state)``."""
+    """The library's view of a Flax model: ``(params, model_state, x, train) -> (logits, state)``.
+
+    Raises:
+        ValueError: for a model with dropout > 0: this signature carries no RNG to drop with.
+    """
+    if getattr(model, "dropout", 0):
+        raise ValueError(f"{type(model).__name__} has dropout={model.dropout}, but the library's "
+                         "apply_fn passes no dropout RNG; set dropout=0")
     return _apply_fn(model)
 
 
