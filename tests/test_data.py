@@ -394,3 +394,81 @@ def test_batch_indices_jax_key():
         b, _ = D.batch_indices(np.arange(20), 5, key)
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(np.sort(a.ravel()), np.arange(20))
+
+
+# ------------------------------------------------ TFDS at paper size (mock data)
+
+
+def _mock(n):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    return tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_CODE)
+
+
+def test_load_tfds_cifar10_lazy_equals_eager():
+    with _mock(4):
+        eager = D.load_dataset("tfds:cifar10")
+        lazy = D.load_dataset("tfds:cifar10", lazy=True)
+    assert isinstance(lazy.x, D.LazyImages) and lazy.x.shape == (8, 32, 32, 3)
+    assert len(lazy) == 8 and lazy.image_shape == (32, 32, 3)
+    np.testing.assert_array_equal(lazy.y, eager.y)
+    np.testing.assert_array_equal(lazy.test_pool, eager.test_pool)
+    idx = np.array([6, 1, 1, 3])
+    batch = lazy.x[idx]
+    assert batch.shape == (4, 32, 32, 3) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, eager.x[idx])
+    np.testing.assert_array_equal(lazy.x[2:5], eager.x[2:5])
+    np.testing.assert_array_equal(lazy.x[-1], eager.x[-1])
+    with pytest.raises(ValueError, match=r"LazyImages index has 1 indices outside \[0, 8\): \[8\]"):
+        lazy.x[np.array([0, 8])]
+    with pytest.raises(TypeError, match="decoded on access"):
+        np.asarray(lazy.x)
+
+
+def test_load_tfds_imagenet2012_is_lazy_resized_and_tests_on_validation():
+    with _mock(3):
+        ds = D.load_dataset("tfds:imagenet2012")
+        small = D.load_dataset("tfds:imagenet2012", image_size=40, crop_fraction=1.0)
+        tfds = pytest.importorskip("tensorflow_datasets")
+        val = tfds.data_source("imagenet2012", split="validation")
+        val_labels = [int(val[i]["label"]) for i in range(3)]
+        val_image = np.asarray(val[1]["image"])
+    assert D.TFDS_TEST_SPLITS["imagenet2012"] == "validation"
+    assert ds.num_classes == 1000 and isinstance(ds.x, D.LazyImages)
+    assert ds.x.shape == (6, 224, 224, 3)
+    np.testing.assert_array_equal(ds.test_pool, [3, 4, 5])
+    np.testing.assert_array_equal(ds.y[3:], val_labels)
+    with _mock(3):
+        batch = ds.x[np.array([0, 4])]
+        one = small.x[4]
+    assert batch.shape == (2, 224, 224, 3) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0 and batch.std() > 0
+    # crop_fraction 1: the shorter side is resized to 40 and the longer one center-cropped.
+    h, w, _ = val_image.shape
+    from PIL import Image
+    s = 40 / min(h, w)
+    nh, nw = max(40, round(h * s)), max(40, round(w * s))
+    ref = np.asarray(Image.fromarray(val_image).resize((nw, nh), Image.BILINEAR))
+    top, left = (nh - 40) // 2, (nw - 40) // 2
+    np.testing.assert_allclose(one, ref[top:top + 40, left:left + 40] / 255.0, rtol=1e-6)
+
+
+def test_resize_center_crop_keeps_the_center():
+    img = np.zeros((8, 12, 1), np.uint8)
+    img[:, 2:10] = 255  # the 8×8 center is white, the 2-column borders black
+    out = D._resize_center_crop(img, 8, 1.0)  # shorter side already 8: crop only
+    assert out.shape == (8, 8, 1) and np.all(out == 255)
+    assert D._resize_center_crop(img, 4, 1.0).shape == (4, 4, 1)
+
+
+def test_load_tfds_bad_arguments():
+    with _mock(2):
+        with pytest.raises(ValueError, match="image_size must be a positive int or None, got 0"):
+            D.load_dataset("tfds:cifar10", image_size=0)
+        with pytest.raises(ValueError, match=r"crop_fraction must be in \(0, 1\], got 1.5"):
+            D.load_dataset("tfds:cifar10", crop_fraction=1.5)
+
+
+def test_unlabelled_test_split_is_refused():
+    D._check_labelled(np.array([0, 5]), "imagenet2012", "validation")
+    with pytest.raises(ValueError, match="split 'test' has no labels .*'validation'"):
+        D._check_labelled(np.array([-1, -1]), "imagenet2012", "test")

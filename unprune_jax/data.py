@@ -40,7 +40,9 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "DATASET_NAMES",
     "Dataset",
+    "LazyImages",
     "Split",
+    "TFDS_TEST_SPLITS",
     "batch_indices",
     "default_data_dir",
     "load_dataset",
@@ -104,9 +106,11 @@ class Dataset:
 
     Arrays are converted to the documented dtypes on construction. Equality
     is identity (comparing image arrays element-wise is never what is meant).
+    ``x`` may instead be a :class:`LazyImages` (decoded on indexing, for pools
+    too large for memory); the library only indexes ``x`` and reads its shape.
     """
 
-    x: np.ndarray
+    x: np.ndarray | LazyImages
     y: np.ndarray
     num_classes: int
     name: str
@@ -115,7 +119,7 @@ class Dataset:
     )
 
     def __post_init__(self) -> None:
-        x = np.asarray(self.x, dtype=np.float32)
+        x = self.x if isinstance(self.x, LazyImages) else np.asarray(self.x, dtype=np.float32)
         y = np.asarray(self.y)
         test_pool = np.asarray(self.test_pool)
         if x.ndim != 4:
@@ -371,9 +375,158 @@ def load_idx_dir(
 # TensorFlow Datasets (optional)
 # --------------------------------------------------------------------------
 
+#: The official split used as the test pool where it is not ``'test'``: ImageNet's ``'test'``
+#: split has no labels (all −1), so its 50,000 labelled validation images are the test set,
+#: as in every ImageNet paper (and the peers' ImageNet protocol).
+TFDS_TEST_SPLITS: dict[str, str] = {"imagenet2012": "validation"}
 
-def _read_data_source(source: Any, image_key: str, label_key: str):
-    """Reads every record of a TFDS random-access data source."""
+#: Default side of the square crop for datasets whose images vary in size.
+DEFAULT_IMAGE_SIZE = 224
+
+#: Default fraction of the resized shorter side kept by the center crop (224 / 256).
+DEFAULT_CROP_FRACTION = 0.875
+
+
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ImportError(
+            "load_tfds needs tensorflow_datasets: `pip install unprune_jax[tfds]`"
+        ) from e
+    return tfds
+
+
+def _resize_center_crop(image: np.ndarray, size: int, crop_fraction: float) -> np.ndarray:
+    """Resizes the shorter side to ``round(size / crop_fraction)``, then center-crops ``size``².
+
+    This is the standard ImageNet evaluation transform (shorter side 256, center crop 224 at the
+    default ``crop_fraction`` 0.875). Bilinear with antialiasing (Pillow), uint8 in and out.
+
+    Args:
+        image: uint8 ``(H, W, C)``.
+        size: Side of the square output in pixels.
+        crop_fraction: Fraction of the resized shorter side kept, in (0, 1].
+
+    Returns:
+        uint8 ``(size, size, C)``.
+    """
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    h, w, c = image.shape
+    short = max(size, int(round(size / crop_fraction)))
+    if min(h, w) != short:
+        scale = short / min(h, w)
+        new_h, new_w = max(short, int(round(h * scale))), max(short, int(round(w * scale)))
+        pil = Image.fromarray(image[..., 0] if c == 1 else image)
+        image = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR)).reshape(new_h, new_w, c)
+    h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+class LazyImages:
+    """Images of TFDS data sources, decoded (and resized) only when indexed.
+
+    Stands in for :attr:`Dataset.x` where the whole pool does not fit in memory as float32
+    (ImageNet: 1.33M images × 224·224·3 × 4 bytes = 800 GB). The library only ever indexes
+    ``dataset.x`` with index arrays or slices and reads ``shape``/``len``, which this supports.
+
+    Indexing with an int returns one ``(H, W, C)`` image; with a 1-D integer array, list or slice
+    a float32 ``(B, H, W, C)`` batch in ``[0, 1]``. The pool is the concatenation of the sources
+    (train, then test). Records are read and processed on ``num_workers`` threads (Pillow
+    decoding and resizing release the GIL).
+
+    Attributes:
+        shape: ``(N, H, W, C)``.
+        dtype: float32.
+        ndim: 4.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        image_key: str,
+        image_shape: Sequence[int],
+        *,
+        resize: tuple[int, float] | None = None,
+        num_workers: int | None = None,
+    ) -> None:
+        """
+        Args:
+            sources: TFDS random-access data sources (``len`` and ``[int] -> record``).
+            image_key: The record key of the image.
+            image_shape: ``(H, W, C)`` of every returned image.
+            resize: ``(size, crop_fraction)``: resize the shorter side to
+                ``size / crop_fraction`` and center-crop ``size × size``; None takes the decoded
+                images as they are (they must then all have ``image_shape``).
+            num_workers: Threads per batch; default ``min(32, os.cpu_count())``.
+        """
+        self._sources = list(sources)
+        self._ends = np.cumsum([len(s) for s in self._sources]).astype(np.int64)
+        self._image_key = image_key
+        self._resize = resize
+        self._workers = num_workers or min(32, os.cpu_count() or 1)
+        self.shape = (int(self._ends[-1]) if len(self._ends) else 0, *map(int, image_shape))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyImages(shape={self.shape}, resize={self._resize})"
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            f"LazyImages of shape {self.shape} is decoded on access: index it "
+            "(dataset.x[indices]) instead of converting the whole pool to an array"
+        )
+
+    def _image(self, i: int) -> np.ndarray:
+        s = int(np.searchsorted(self._ends, i, side="right"))
+        start = 0 if s == 0 else int(self._ends[s - 1])
+        image = np.asarray(self._sources[s][i - start][self._image_key])
+        if image.ndim == 2:
+            image = image[..., None]
+        if self._resize is not None:
+            image = _resize_center_crop(image, *self._resize)
+        if image.shape != self.shape[1:]:
+            raise ValueError(
+                f"image {i} has shape {image.shape}, expected {self.shape[1:]}; pass "
+                "image_size to load_tfds to resize images of varying size"
+            )
+        return _images_to_float(image[None])[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, numbers.Integral) and not isinstance(index, bool):
+            i = int(index) + (len(self) if index < 0 else 0)
+            _check_range(np.array([i]), len(self), "LazyImages index")
+            return self._image(i)
+        if isinstance(index, slice):
+            idx = np.arange(len(self), dtype=np.int64)[index]
+        else:
+            idx = _as_index_array(index, "LazyImages index")
+            idx = np.where(idx < 0, idx + len(self), idx)
+        _check_range(idx, len(self), "LazyImages index")
+        out = np.empty((len(idx), *self.shape[1:]), np.float32)
+        if len(idx) <= 1 or self._workers == 1:
+            for j, i in enumerate(idx):
+                out[j] = self._image(int(i))
+            return out
+        import concurrent.futures  # pylint: disable=import-outside-toplevel
+
+        with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+            for j, image in enumerate(pool.map(self._image, idx.tolist())):
+                out[j] = image
+        return out
+
+
+def _read_data_source(source: Any, image_key: str | None, label_key: str):
+    """Reads every record of a TFDS random-access data source.
+
+    Returns ``(images, labels)``; ``images`` is None when ``image_key`` is None (labels only).
+    """
     n = len(source)
     images, labels = [], []
     chunk = 4096
@@ -389,37 +542,82 @@ def _read_data_source(source: Any, image_key: str, label_key: str):
         if records is None:
             records = [source[k] for k in keys]
         for r in records:
-            images.append(np.asarray(r[image_key]))
+            if image_key is not None:
+                images.append(np.asarray(r[image_key]))
             labels.append(np.asarray(r[label_key]))
-    if not images:
+    if not labels:
         return None, None
-    return np.stack(images), np.asarray(labels).reshape(-1)
+    return (np.stack(images) if image_key is not None else None), np.asarray(labels).reshape(-1)
 
 
-def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def _read_labels(tfds: Any, name: str, split: str, data_dir: str | None, image_key: str,
+                 label_key: str, source: Any) -> np.ndarray:
+    """All labels of a split, without decoding images where TFDS can skip it.
+
+    Skipping needs TFDS's ``SkipDecoding``, which needs TensorFlow (mocked data cannot serve it
+    without); otherwise every record is decoded once, as ``source`` gives it.
+    """
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return _read_data_source(source, None, label_key)[1]
+    try:
+        light = tfds.data_source(name, split=split, data_dir=data_dir,
+                                 decoders={image_key: tfds.decode.SkipDecoding()})
+        return _read_data_source(light, None, label_key)[1]
+    except ImportError:
+        return _read_data_source(source, None, label_key)[1]
+
+
+def load_tfds(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    lazy: bool | None = None,
+    image_size: int | None = None,
+    crop_fraction: float = DEFAULT_CROP_FRACTION,
+    test_split: str | None = None,
+    num_workers: int | None = None,
+) -> Dataset:
     """Loads a TFDS image classification dataset as one pool.
 
-    Uses ``tensorflow_datasets.data_source`` (random access, no TensorFlow
-    needed). The pool is the ``'train'`` split followed by the ``'test'``
-    split when the dataset has one. Images are converted to float32 NHWC in
-    ``[0, 1]``, labels to int32.
+    Uses ``tensorflow_datasets.data_source`` (random access, no TensorFlow needed). The pool is
+    the ``'train'`` split followed by the test split: ``'test'``, or the dataset's entry in
+    :data:`TFDS_TEST_SPLITS` (``'validation'`` for ``imagenet2012``), when the dataset has it.
+    Images are float32 NHWC in ``[0, 1]``, labels int32.
+
+    In lazy mode ``Dataset.x`` is a :class:`LazyImages` that decodes on indexing; only the labels
+    are read up front. Datasets whose images vary in size (ImageNet) are lazy by default and are
+    resized and center-cropped to ``image_size`` (default 224) on access.
 
     Args:
-        name: TFDS dataset name, e.g. ``"cifar10"`` or ``"mnist"``.
+        name: TFDS dataset name, e.g. ``"cifar10"`` or ``"imagenet2012"``.
         data_dir: TFDS data directory (TFDS's default when None).
+        lazy: Decode on access instead of loading every image now; None = lazy exactly when the
+            dataset's images vary in size.
+        image_size: Side of the square images returned, after resizing the shorter side to
+            ``image_size / crop_fraction`` and center-cropping; None keeps the native size
+            (required to be fixed) or, for images of varying size, uses 224.
+        crop_fraction: Fraction of the resized shorter side the center crop keeps, in (0, 1].
+        test_split: Overrides the split used as the test pool.
+        num_workers: Decoding threads of a lazy dataset (default: CPUs, at most 32).
 
     Returns:
         The dataset, named ``name``.
 
     Raises:
         ImportError: If ``tensorflow_datasets`` is not installed.
+        ValueError: On an empty train split, a bad ``image_size``/``crop_fraction``, or a test
+            split whose labels are missing (negative).
     """
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            "load_tfds needs tensorflow_datasets: `pip install unprune_jax[tfds]`"
-        ) from e
+    tfds = _tfds()
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+        or image_size < 1
+    ):
+        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+    if not 0.0 < float(crop_fraction) <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
     data_dir = os.fspath(data_dir) if data_dir is not None else None
     train = tfds.data_source(name, split="train", data_dir=data_dir)
     info = train.dataset_info
@@ -431,22 +629,65 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
         num_classes = int(info.features[label_key].num_classes)
     except (AttributeError, KeyError, TypeError):
         pass
+    native = None
+    try:
+        native = tuple(info.features[image_key].shape)
+    except (AttributeError, KeyError, TypeError):
+        pass
+    varying = native is None or len(native) != 3 or any(d is None for d in native)
+    if lazy is None:
+        lazy = varying
+    if varying and image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE
     splits = list(getattr(info, "splits", {}).keys())
-    x_train, y_train = _read_data_source(train, image_key, label_key)
-    if x_train is None:
+    test_name = test_split or TFDS_TEST_SPLITS.get(name, "test")
+    test = None
+    if test_split is not None or not splits or test_name in splits:  # mocks list no splits
+        test = tfds.data_source(name, split=test_name, data_dir=data_dir)
+    sources = [train] + ([test] if test is not None else [])
+
+    if not lazy:
+        parts = [_read_data_source(s, image_key, label_key) for s in sources]
+        if parts[0][0] is None:
+            raise ValueError(f"tfds dataset {name!r} has an empty 'train' split")
+        xs = []
+        for images, _ in parts:
+            if images is not None and image_size is not None:
+                images = np.stack([_resize_center_crop(im if im.ndim == 3 else im[..., None],
+                                                       image_size, crop_fraction)
+                                   for im in images])
+            xs.append(None if images is None else _images_to_float(images))
+        (x_tr, y_tr), (x_te, y_te) = (xs[0], parts[0][1]), (
+            (xs[1], parts[1][1]) if len(parts) > 1 else (None, None))
+        _check_labelled(y_te, name, test_name)
+        return _one_pool(x_tr, y_tr, x_te, y_te, name=name, num_classes=num_classes)
+
+    labels = [_read_labels(tfds, name, split, data_dir, image_key, label_key, s)
+              for split, s in zip(["train", test_name], sources)]
+    if labels[0] is None:
         raise ValueError(f"tfds dataset {name!r} has an empty 'train' split")
-    x_test = y_test = None
-    if not splits or "test" in splits:  # mocked datasets list no splits
-        test = tfds.data_source(name, split="test", data_dir=data_dir)
-        x_test, y_test = _read_data_source(test, image_key, label_key)
-    return _one_pool(
-        _images_to_float(x_train),
-        y_train,
-        None if x_test is None else _images_to_float(x_test),
-        y_test,
-        name=name,
-        num_classes=num_classes,
-    )
+    if len(labels) > 1:
+        _check_labelled(labels[1], name, test_name)
+    channels = native[-1] if native and native[-1] is not None else 3
+    if image_size is not None:
+        shape, resize = (image_size, image_size, channels), (image_size, float(crop_fraction))
+    else:
+        shape, resize = native, None
+    x = LazyImages(sources, image_key, shape, resize=resize, num_workers=num_workers)
+    y = np.concatenate([lab for lab in labels if lab is not None]).astype(np.int32)
+    n_train = len(labels[0])
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 1
+    return Dataset(x=x, y=y, num_classes=num_classes, name=name,
+                   test_pool=np.arange(n_train, len(y), dtype=np.int64))
+
+
+def _check_labelled(labels: np.ndarray | None, name: str, split: str) -> None:
+    if labels is not None and labels.size and labels.min() < 0:
+        raise ValueError(
+            f"tfds dataset {name!r}: split {split!r} has no labels (label "
+            f"{int(labels.min())}); choose a labelled test_split such as 'validation'"
+        )
 
 
 # --------------------------------------------------------------------------
