@@ -230,8 +230,8 @@ def test_bad_inputs_are_named():
     ds, step, states, subsets, cfgs = setup("mlp")
     st = runs.stack(states)
     with pytest.raises(ValueError, match=r"same batch_size, got \[16, 32, 16\]"):
-        runs.fit_many(st, step, ds, subsets, [cfgs[0], TrainConfig(batch_size=32), cfgs[2]],
-                      progress=False)
+        runs.fit_many(st, step, ds, subsets,
+                      [cfgs[0], TrainConfig(epochs=2, batch_size=32), cfgs[2]], progress=False)
     with pytest.raises(ValueError, match="2 subsets for K=3"):
         runs.fit_many(st, step, ds, subsets[:2], cfgs, progress=False)
     with pytest.raises(ValueError, match="unknown strategy 'pmap'"):
@@ -248,16 +248,15 @@ SHARDED_SCRIPT = textwrap.dedent("""
     from unprune_jax import runs
     from unprune_jax.train import fit
     assert len(jax.devices()) == 8, jax.devices()
-    ds, step, states, subsets, cfgs = setup()
+    ds, step, states, subsets, cfgs = setup("mlp")
     st = runs.stack(states)
     ref, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="loop", progress=False)
     f64 = lambda a: np.asarray(a, np.float64)
     diff = lambda a, b: max(float(np.max(np.abs(f64(x) - f64(y))))
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     out = {}
-    for name, mesh, scan in (("runs8", runs.make_mesh(runs=8), False),
-                             ("runs4_data2", runs.make_mesh(runs=4, data=2), False),
-                             ("runs2_data4_scan", runs.make_mesh(runs=2, data=4), True)):
+    for name, mesh, scan in (("runs8_scan", runs.make_mesh(runs=8), True),
+                             ("runs4_data2", runs.make_mesh(runs=4, data=2), False)):
         got, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="shard", mesh=mesh,
                                progress=False, scan_epoch=scan)
         out[name] = [diff(got, ref), runs.num_runs(got),
@@ -286,4 +285,4 @@ def test_sharded_over_8_simulated_devices_equals_unsharded():
         assert d < 1e-5, (name, d)
         assert k == (1 if name == "data8" else K)
     # the K runs really were laid over several devices, K=3 padded to the runs axis
-    assert out["runs8"][2] == 8 and out["runs4_data2"][2] == 8 and out["data8"][2] == 8
+    assert out["runs8_scan"][2] == 8 and out["runs4_data2"][2] == 8 and out["data8"][2] == 8
