@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--model", default="resnet18", choices=["resnet18", "small_cnn"])
+    p.add_argument("--model", default="resnet18", choices=["resnet18", "small_cnn", "mlp"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")
     args = p.parse_args(argv)
     if args.smoke:
-        args.model, args.batch, args.steps, args.repeats, args.matmul_n = "small_cnn", 8, 2, 1, 128
+        args.model, args.batch, args.steps, args.repeats, args.matmul_n = "mlp", 8, 2, 1, 128
     return args
 
 

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, nargs="*", default=None,
                    help="numbers of runs for vmap vs loop (none: skip)")
     p.add_argument("--density", type=float, default=0.1)
+    p.add_argument("--dtype", default=None, help="model compute dtype, e.g. bfloat16 (GPU rows)")
+    p.add_argument("--device", default=None, choices=["cpu", "gpu", "tpu"],
+                   help="platform to run on (default: jax's default backend)")
     p.add_argument("--settle", type=float, default=0.1,
                    help="untimed seconds of sleep before each timed repeat")
     p.add_argument("--no-ablations", action="store_true", help="skip the ablation rows")
@@ -93,6 +96,8 @@ def parse_args(argv=None):
 
 def make_model(args):
     kwargs = {"pool": args.pool} if args.model == "small_cnn" else {}
+    if args.dtype is not None:
+        kwargs["dtype"] = args.dtype
     return get_model(args.model, **kwargs)
 
 
@@ -383,6 +388,8 @@ def _version(dist):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.device:
+        jax.config.update("jax_platforms", args.device)
     model = make_model(args)
     name = args.model + (f" (pool={args.pool})" if args.model == "small_cnn" else "")
     print(f"# train-step throughput: {name}, batch {args.batch}, {args.steps} steps x "
