@@ -337,7 +337,7 @@ def memory_report(fn, *args) -> dict[str, int]:
 
 
 def default_memory_limit() -> int | None:
-    """The first device's ``memory_stats()['bytes_limit']``, or None where it is not reported (CPU)."""
+    """The first device's ``memory_stats()['bytes_limit']``; None where not reported (CPU)."""
     stats = jax.devices()[0].memory_stats()
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
@@ -406,7 +406,7 @@ def largest_fitting_map_batch(step_fn: StepFn, states, x, y, w, limit: int) -> i
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A resolved strategy: ``strategy`` is one of vmap/map/loop/shard, ``map_batch_size`` for map."""
+    """A resolved strategy (vmap/map/loop/shard) and, for map, its batch size."""
 
     strategy: str
     map_batch_size: int | None = None
@@ -432,8 +432,13 @@ def choose_strategy(timings: dict[Plan, float], margin: float = 0.05) -> Plan:
     return best if timings[best] <= (1.0 - margin) * base else loop[0]
 
 
-def _time_plan(plan: Plan, step_fn, states, x, y, w, mesh, repeats: int) -> float:
-    """Seconds per K-run step of ``plan`` on these inputs (compiled first; best of ``repeats``)."""
+def _time_plan(plan: Plan, step_fn, states, x, y, w, mesh, repeats: int,
+               give_up_after: float = float("inf")) -> float:
+    """Seconds per K-run step of ``plan`` on these inputs (compiled first; best of ``repeats``).
+
+    A plan whose first timed step already takes longer than ``give_up_after`` seconds is not
+    timed again: it has lost (on a 2-core CPU ``map`` of the small CNN is ~50× the loop).
+    """
     if plan.strategy == "loop":
         singles = unstack(states)
         xs, ys, ws = (list(a) for a in (x, y, w))
@@ -451,6 +456,8 @@ def _time_plan(plan: Plan, step_fn, states, x, y, w, mesh, repeats: int) -> floa
         t0 = time.perf_counter()
         jax.block_until_ready(call())
         best = min(best, time.perf_counter() - t0)
+        if best > give_up_after:
+            break
     return best
 
 
@@ -515,7 +522,13 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
                 f"K={k} runs do not fit: even the loop needs {needed:,} bytes of device memory but "
                 f"{limit:,} are available; run fewer runs at once", needed, limit)
         candidates = list(dict.fromkeys(fitting))
-    timings = {p: _time_plan(p, step_fn, states, x, y, w, mesh, repeats) for p in candidates}
+    # the loop first: its time bounds how long any other candidate is worth timing
+    loop_plan = next(p for p in candidates if p.strategy == "loop")
+    timings = {loop_plan: _time_plan(loop_plan, step_fn, states, x, y, w, mesh, repeats)}
+    for p in candidates:
+        if p != loop_plan:
+            timings[p] = _time_plan(p, step_fn, states, x, y, w, mesh, repeats,
+                                    2.0 * timings[loop_plan])
     plan = choose_strategy(timings)
     _AUTO_CACHE[key] = plan
     return plan
