@@ -283,3 +283,48 @@ def test_bad_input_gives_clear_errors():
         mia.lira_offline(np.zeros(3), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="must match"):
         mia.neurips_forgetting_score(np.zeros((4, 3)), np.zeros((5, 3)))
+
+
+# --- experiment scripts, smoke size on real FashionMNIST ------------------------------------------
+
+EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _script(name):
+    import importlib
+    import sys
+
+    from unprune_jax.data import DEFAULT_FASHION_MNIST_DIR
+
+    if not __import__("os").path.isdir(DEFAULT_FASHION_MNIST_DIR):
+        pytest.skip("needs the dataset-fashion-mnist package")
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def test_mia_sensitivity_smoke(tmp_path):
+    res = _script("mia_sensitivity").main(["--smoke", "--out", str(tmp_path)])
+    md = (tmp_path / "mia_sensitivity.md").read_text()
+    assert "Command:" in md and "jax " in md and "ratio 2" in md
+    csv_rows = (tmp_path / "mia_sensitivity.csv").read_text().strip().splitlines()
+    # 2 sizes × 2 seeds × 2 methods × 3 ratios × 2 variants, plus the header
+    assert len(csv_rows) == 1 + 2 * 2 * 2 * 3 * 2 == 1 + len(res["rows"])
+    assert all(0.0 <= r["efficacy"] <= 1.0 for r in res["rows"])
+    assert (tmp_path / "mia_sensitivity.png").stat().st_size > 10_000
+
+
+def test_lira_smoke(tmp_path):
+    res = _script("lira").main(["--smoke", "--methods", "FT", "--neurips-n", "3",
+                                "--out", str(tmp_path)])
+    names = [r["row"] for r in res["rows"]]
+    assert names == ["original (no unlearning)", "FT baseline", "FT + un-prune",
+                     "gold, order seed 1 (control)", "gold (retrain + re-prune)"]
+    for r in res["rows"][:-1]:
+        assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["auc_ci_lo"] <= r["auc_ci_hi"] <= 1.0
+    assert 0.0 <= res["rows"][1]["neurips_F"] <= 1.0
+    md = (tmp_path / "lira.md").read_text()
+    assert "TPR@1% FPR" in md and "Command:" in md
+    assert (tmp_path / "lira.csv").read_text().count("\n") == 1 + len(res["rows"])
