@@ -84,6 +84,8 @@ def test_list_one_category_and_a_misspelt_one(capsys):
         ("unlearn.methods=['ft']", "unknown unlearning method 'ft'.*Did you mean 'FT'"),
         ("unlearn.settings.NegGrad.beta=0.5", "unlearn.settings 'NegGrad'.*Did you mean 'NegGrad\\+'"),
         ("prune.scope=per-layer", "prune.scope must be one of.*Did you mean 'per_layer'"),
+        ("unprune.regrow_score=gradiant", "unprune.regrow_score.*Did you mean 'gradient'"),
+        ("unprune.reinit=theta_0", "unprune.reinit.*Did you mean 'theta0'"),
         ("prun.density=0.5", "unknown config key prun.*Did you mean 'prune'"),
         ("prune.densty=0.5", "unknown config key prune.densty.*Did you mean 'density'"),
     ],

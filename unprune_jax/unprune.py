@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import masks as masks_lib
+from ._names import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
 from . import unlearn as unlearn_lib
@@ -83,8 +84,10 @@ class UnpruneConfig:
         for name, valid in (("regrow_score", REGROW_SCORES), ("reinit", ("theta0", "random")),
                             ("reprune_score", REPRUNE_SCORES)):
             if getattr(self, name) not in valid:
+                close = closest_name(str(getattr(self, name)), valid)
+                hint = f" Did you mean {close!r}?" if close else ""
                 raise ValueError(f"unprune.{name} must be one of {list(valid)}, got "
-                                 f"{getattr(self, name)!r}")
+                                 f"{getattr(self, name)!r}.{hint}")
 
 
 def retained_batch(task, cfg: UnpruneConfig):
