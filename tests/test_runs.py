@@ -149,11 +149,11 @@ def test_auto_times_each_candidate_once_and_caches_the_pick(monkeypatch):
     ds, step, states, subsets, cfgs = setup("mlp")
     timed = []
 
-    def fake_time(plan, *args):
-        timed.append(plan)
-        return {"loop": 1.0, "vmap": 3.0, "map": 0.5}[plan.strategy]
+    def fake_measure(plans, *args):
+        timed.extend(plans)
+        return {p: {"loop": 1.0, "vmap": 3.0, "map": 0.5}[p.strategy] for p in plans}
 
-    monkeypatch.setattr(runs, "_time_plan", fake_time)
+    monkeypatch.setattr(runs, "_measure_plans", fake_measure)
     monkeypatch.setattr(runs, "_AUTO_CACHE", {})
     st = runs.stack(states)
     idx = np.arange(K * 16).reshape(K, 16)
@@ -201,8 +201,9 @@ def test_memory_limit_falls_back_to_map_and_explicit_request_fails_early(monkeyp
                       progress=False)
 
     monkeypatch.setattr(runs, "_AUTO_CACHE", {})
-    monkeypatch.setattr(runs, "_time_plan", lambda plan, *a: {"loop": 1.0, "map": 0.1,
-                                                              "vmap": 0.01}[plan.strategy])
+    fake = {"loop": 1.0, "map": 0.1, "vmap": 0.01}
+    monkeypatch.setattr(runs, "_measure_plans",
+                        lambda plans, *a: {p: fake[p.strategy] for p in plans})
     plan = runs.resolve_strategy(step, st, x, y, w, memory_limit_bytes=limit)
     assert plan.strategy == "map"  # vmap would be fastest, but it does not fit
     assert runs.strategy_memory(step, "map", st, x, y, w,

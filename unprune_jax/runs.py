@@ -432,46 +432,53 @@ def choose_strategy(timings: dict[Plan, float], margin: float = 0.05) -> Plan:
     return best if timings[best] <= (1.0 - margin) * base else loop[0]
 
 
-def _time_plan(plan: Plan, step_fn, states, x, y, w, mesh, repeats: int,
-               give_up_after: float = float("inf")) -> float:
-    """Seconds per K-run step of ``plan`` on these inputs (compiled first; best of ``repeats``).
-
-    A plan whose first timed step already takes longer than ``give_up_after`` seconds is not
-    timed again: it has lost (on a 2-core CPU ``map`` of the small CNN is ~50× the loop).
-    """
+def _plan_call(plan: Plan, step_fn, states, x, y, w, mesh) -> Callable[[], Any]:
+    """A no-argument function running one K-run step of ``plan`` on these inputs."""
     if plan.strategy == "loop":
         singles = unstack(states)
         xs, ys, ws = (list(a) for a in (x, y, w))
+        return lambda: [step_fn(s, xs[k], ys[k], ws[k], {}) for k, s in enumerate(singles)]
+    fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
+    return lambda: fn(states, x, y, w, {})
 
-        def call():
-            return [step_fn(s, xs[k], ys[k], ws[k], {}) for k, s in enumerate(singles)]
-    else:
-        fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
 
-        def call():
-            return fn(states, x, y, w, {})
-    jax.block_until_ready(call())  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(call())
-        best = min(best, time.perf_counter() - t0)
-        if best > give_up_after:
-            break
+def _measure_plans(plans: Sequence[Plan], step_fn, states, x, y, w, mesh,
+                   rounds: int = 3) -> dict[Plan, float]:
+    """Seconds per K-run step of each plan on these inputs: best of ``rounds`` after compiling.
+
+    The rounds interleave the plans (loop, vmap, map, loop, vmap, ...), so a burst of load from
+    other processes slows every plan alike instead of one. A plan whose first timed step is over
+    3× the loop's is not timed again: it has lost (on a 2-core CPU, ``map`` of the small CNN is
+    ~50× slower than the loop, and each of its steps takes seconds).
+    """
+    calls = {p: _plan_call(p, step_fn, states, x, y, w, mesh) for p in plans}
+    for call in calls.values():
+        jax.block_until_ready(call())  # compile and warm up
+    best = {p: float("inf") for p in plans}
+    loop = next(p for p in plans if p.strategy == "loop")
+    for r in range(rounds):
+        for p, call in calls.items():
+            if r > 0 and p != loop and best[p] > 3.0 * best[loop]:
+                continue
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            best[p] = min(best[p], time.perf_counter() - t0)
     return best
 
 
 _AUTO_CACHE: dict[tuple, Plan] = {}
+#: What ``auto`` measured, per cache key: seconds per K-run step of each candidate plan.
+CALIBRATIONS: dict[tuple, dict[Plan, float]] = {}
 
 
 def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto",
                      map_batch_size: int | None = None, mesh: Mesh | None = None,
-                     memory_limit_bytes: int | None = None, repeats: int = 3) -> Plan:
+                     memory_limit_bytes: int | None = None, rounds: int = 3) -> Plan:
     """The plan for stacked inputs of these shapes: ``strategy`` checked against memory, or chosen.
 
     For an explicit strategy, checks (if a limit is known) that it fits. For ``"auto"``: drops the
     candidates that do not fit (replacing ``vmap`` by ``map`` with the largest fitting batch size),
-    times the rest on these inputs (:func:`_time_plan`) and takes :func:`choose_strategy`'s pick.
+    times the rest on these inputs (:func:`_measure_plans`) and takes :func:`choose_strategy`'s pick.
     The pick is cached per (backend, step, shapes and dtypes, K, mesh, limit).
 
     Raises:
@@ -522,13 +529,8 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
                 f"K={k} runs do not fit: even the loop needs {needed:,} bytes of device memory but "
                 f"{limit:,} are available; run fewer runs at once", needed, limit)
         candidates = list(dict.fromkeys(fitting))
-    # the loop first: its time bounds how long any other candidate is worth timing
-    loop_plan = next(p for p in candidates if p.strategy == "loop")
-    timings = {loop_plan: _time_plan(loop_plan, step_fn, states, x, y, w, mesh, repeats)}
-    for p in candidates:
-        if p != loop_plan:
-            timings[p] = _time_plan(p, step_fn, states, x, y, w, mesh, repeats,
-                                    2.0 * timings[loop_plan])
+    timings = _measure_plans(candidates, step_fn, states, x, y, w, mesh, rounds)
+    CALIBRATIONS[key] = timings
     plan = choose_strategy(timings)
     _AUTO_CACHE[key] = plan
     return plan
