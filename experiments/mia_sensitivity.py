@@ -16,8 +16,9 @@ non-member) is computed
 for shadow train/test ratios ``--ratios``. Writes ``mia_sensitivity.csv``, ``.md`` and ``.png`` to
 ``--out``.
 
-    python experiments/mia_sensitivity.py                 # the full sweep (≈ 5 min, 2-core CPU)
-    python experiments/mia_sensitivity.py --smoke --out /tmp/mia   # seconds, for the test suite
+    python experiments/mia_sensitivity.py                 # the full sweep (≈ 7 min wall, shared
+                                                          # 2-core CPU)
+    python experiments/mia_sensitivity.py --smoke --out /tmp/mia   # ≈ 12 s CPU, for the tests
 """
 
 from __future__ import annotations
