@@ -32,8 +32,9 @@ PRUNERS = {  # name -> config overrides
     "imp": ["prune.method=imp", "prune.rounds=2"],
     "snip": ["prune.method=snip"],
     "synflow": ["prune.method=synflow", "prune.synflow_iterations=20"],
-    "sfp": ["prune.method=sfp", "prune.density=0.5", "prune.granularity=filter",
-            "prune.scope=layer", "prune.sfp_prune_at_init=false"],
+    # filters, per layer (the pruner's own selection); no prune before epoch 1, which would
+    # kill the zeroed ReLU filters for good (experiments/README.md, finding 1)
+    "sfp": ["prune.method=sfp", "prune.density=0.5", "prune.sfp_prune_at_init=false"],
 }
 METHODS = ["retrain", "FT", "GA", "RL", "SalUn"]
 

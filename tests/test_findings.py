@@ -48,6 +48,14 @@ def test_finding2_unprune_gold(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "omp" / "results.json").exists()
 
 
+def test_finding2_every_pruner_config_is_valid(monkeypatch):
+    from unprune_jax.config import load_config
+
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    for name, overrides in _script("finding2_unprune_gold").PRUNERS.items():
+        assert load_config("experiments/demo.toml", overrides).prune.method == name
+
+
 def test_finding4_reinit(tmp_path):
     _script("finding4_reinit").main(["--tiny", "--out", str(tmp_path)])
     _check_outputs(tmp_path, "finding4_reinit", "random ×1")
