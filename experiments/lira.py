@@ -49,20 +49,9 @@ from unprune_jax import losses, masks, optim, prune, unlearn
 from unprune_jax.data import load_dataset
 from unprune_jax.metrics import mia
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainConfig, TrainState, fit, make_train_step, predict
+from unprune_jax.runs import fit_many, stack, unstack
+from unprune_jax.train import TrainConfig, TrainState, make_train_step, predict
 from unprune_jax.unprune import UnpruneConfig, gold_standard, unprune
-
-try:  # K stacked runs in one jitted, vmapped call
-    from unprune_jax.runs import fit_many, stack, unstack
-except ImportError:  # runs.py has not landed yet: the same runs one after another
-    fit_many = None
-
-    def stack(trees):
-        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
-
-    def unstack(tree):
-        n = jax.tree.leaves(tree)[0].shape[0]
-        return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mia_sensitivity import machine, versions  # noqa: E402
@@ -73,13 +62,10 @@ SMOKE = dict(pool=200, forget=20, shadows=4, epochs=1, test=100, neurips_n=3)
 
 
 def fit_runs(states, step, data, subsets, cfgs, order_pool, desc):
-    """K training runs: ``runs.fit_many`` when available, else a loop over ``train.fit``."""
-    if fit_many is not None:
-        out, _ = fit_many(states, step, data, subsets, cfgs, order_pool=order_pool,
-                          progress=False, desc=desc)
-        return unstack(out)
-    return [fit(s, step, data, idx, c, order_pool=order_pool, progress=False, desc=desc)[0]
-            for s, idx, c in zip(unstack(states), subsets, cfgs)]
+    """K training runs in one ``runs.fit_many`` call; returns the K final states."""
+    out, _ = fit_many(states, step, data, subsets, cfgs, order_pool=order_pool, progress=False,
+                      desc=desc)
+    return unstack(out)
 
 
 def omp_many(inits, step, tx, data, subsets, cfgs, prune_cfg, flags, pool):
@@ -210,8 +196,7 @@ def main(argv=None) -> dict:
     sh_dense, sh_orig = omp_many(inits, step, tx, data, subsets, cfgs, prune_cfg, flags, pool)
     _, sh_gold = omp_many(inits, step, tx, data, r_k, cfgs, prune_cfg, flags, pool)
     t_shadow_train = time.perf_counter() - t0
-    print(f"{k} shadows + {k} shadow golds trained in {t_shadow_train:.0f} s "
-          f"({'fit_many' if fit_many is not None else 'loop fallback: runs.fit_many absent'})",
+    print(f"{k} shadows + {k} shadow golds trained in {t_shadow_train:.0f} s (runs.fit_many)",
           flush=True)
     t0 = time.perf_counter()
     in_d = np.stack([np.isin(forget, s) for s in subsets])      # (K, |D_f|): x ∈ D_k
@@ -296,8 +281,7 @@ def write_md(path, rows, cfg, argv, times, methods):
         f"Command: `{cmd.strip()}`. Wall time {times['total']:.0f} s (target models "
         f"{times['target']:.0f} s, {2 * k} shadow OMP runs {times['shadow_train']:.0f} s, shadow "
         f"unlearning {times['shadow_unlearn']:.0f} s, NeurIPS runs {times['neurips']:.0f} s) on "
-        f"{machine()}. Shadow training: "
-        f"{'runs.fit_many' if fit_many is not None else 'loop over train.fit (runs.fit_many absent)'}.",
+        f"{machine()}. Shadow training: runs.fit_many.",
         f"Software: {versions()}.", "",
         f"Setup: pool of {cfg['pool']} FashionMNIST training images (seed 0); target trained on "
         f"{cfg['pool'] // 2} of them, small CNN, OMP 10% density, {cfg['epochs']} dense + "
