@@ -7,7 +7,7 @@ step ``(state, x, y, w, extra) -> (state, metrics)`` from :func:`train.make_trai
 for all K by one of these strategies:
 
 * ``"vmap"``: ``jit(vmap(step))``; one dispatch, K-wide kernels. Convolutions over K weight copies
-  become grouped convolutions, which XLA runs poorly on some backends (a 2-core CPU: 0.24× the
+  become grouped convolutions, which XLA runs poorly on some backends (a 2-core CPU: 0.10 to 0.23× the
   loop's throughput at K=8 for the small CNN).
 * ``"map"``: ``jit(lax.map(step, batch_size=b))``; one dispatch, the K runs sequential inside the
   compiled program (``b`` runs vmapped at a time; ``b=None`` is fully sequential, no grouped
@@ -684,7 +684,6 @@ def fit_many(
         good = carrier
         y_all = labels(epoch) if callable(labels) else y_static
         idx, w = _epoch_batches(subsets, cfgs, epoch, order_pool, k_pad)
-        nb = idx.shape[0]
         t0 = time.perf_counter()
         if scan_epoch:
             carrier, metrics = _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x,
