@@ -7,8 +7,8 @@ step ``(state, x, y, w, extra) -> (state, metrics)`` from :func:`train.make_trai
 for all K by one of these strategies:
 
 * ``"vmap"``: ``jit(vmap(step))``; one dispatch, K-wide kernels. Convolutions over K weight copies
-  become grouped convolutions, which XLA runs poorly on some backends (a 2-core CPU: 0.10 to 0.23× the
-  loop's throughput at K=8 for the small CNN).
+  become grouped convolutions, which XLA runs poorly on some backends (on a 2-core CPU, 0.10 to
+  0.23× the loop's throughput at K=8 for the small CNN).
 * ``"map"``: ``jit(lax.map(step, batch_size=b))``; one dispatch, the K runs sequential inside the
   compiled program (``b`` runs vmapped at a time; ``b=None`` is fully sequential, no grouped
   convolutions at all).
