@@ -478,8 +478,8 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
 
     For an explicit strategy, checks (if a limit is known) that it fits. For ``"auto"``: drops the
     candidates that do not fit (replacing ``vmap`` by ``map`` with the largest fitting batch size),
-    times the rest on these inputs (:func:`_measure_plans`) and takes :func:`choose_strategy`'s pick.
-    The pick is cached per (backend, step, shapes and dtypes, K, mesh, limit).
+    times the rest on these inputs (:func:`_measure_plans`) and takes :func:`choose_strategy`'s
+    pick, cached per (backend, step, shapes and dtypes, K, mesh, limit).
 
     Raises:
         RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
