@@ -138,12 +138,6 @@ def test_sweep_rejects_bad_arguments(args, message, tmp_path, capsys):
     assert code == 2 and re.search(message, err), err
 
 
-def test_sweep_without_pipeline_sweep_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.delattr(pipeline, "sweep", raising=False)
-    code, _, err = run_main(["sweep", "-r", str(tmp_path / "s"), "--seeds", "0,1"], capsys)
-    assert code == 2 and "no pipeline.sweep" in err and "unprune-jax run" in err
-
-
 def test_report_dispatches_to_write_report(tmp_path, monkeypatch, capsys):
     import unprune_jax.report as report
 

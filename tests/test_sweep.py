@@ -99,7 +99,7 @@ def test_batcher_threads_equal_fit_alone():
 
 def test_variants_validate():
     cfg = load_config(None, TINY)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="neither"):
         sweep.variants(cfg)
     with pytest.raises(ValueError, match=r"forget fraction must be in \(0, 1\), got 1.5"):
         sweep.variants(cfg, forget_fractions=[0.1, 1.5])
@@ -107,3 +107,8 @@ def test_variants_validate():
         sweep.variants(cfg, seeds=[1, 1])
     labels = [l for l, _ in sweep.variants(cfg, seeds=[3, 4])]
     assert labels == ["seed3", "seed4"]
+    both = sweep.variants(cfg, forget_fractions=[0.1, 0.2], seeds=[3, 4])
+    assert [l for l, _ in both] == ["forget0.1_seed3", "forget0.1_seed4", "forget0.2_seed3",
+                                    "forget0.2_seed4"]
+    assert [(c.data.forget_fraction, c.data.seed) for _, c in both] == [
+        (0.1, 3), (0.1, 4), (0.2, 3), (0.2, 4)]

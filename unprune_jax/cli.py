@@ -128,16 +128,10 @@ def _cmd_sweep(args) -> int:
     from . import pipeline
     from .config import load_config
 
-    sweep = getattr(pipeline, "sweep", None)
-    if sweep is None:
-        raise ValueError(
-            "this version of unprune_jax has no pipeline.sweep (K-run batching) yet; run each "
-            "setting with `unprune-jax run -o data.forget_fraction=... -o train.seed=...`"
-        )
     cfg = load_config(args.config, args.override)
     run_dir = _prepare_run_dir(args.run_dir, args.fresh)
     with _run_log(run_dir, f"sweep: {' '.join(args.argv)}") as say:
-        sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
+        pipeline.sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
               strategy=args.strategy, progress=not args.no_progress, say=say)
     return 0
 
@@ -285,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forget-set sizes as fractions of the training set, e.g. 0.01,0.05,0.1")
     s.add_argument("--seeds", metavar="S1,S2,...",
                    type=_number_list(int, lambda v: None if v >= 0 else "is < 0"),
-                   help="data-order seeds, e.g. 0,1,2")
+                   help="split seeds (data.seed: which examples are held out and which are "
+                   "forgotten), e.g. 0,1,2; with --forget-fractions, every combination")
     s.add_argument("--strategy", default="auto", type=_strategy, metavar="STRATEGY",
                    help=f"one of {', '.join(STRATEGIES)} (default auto)")
     s.set_defaults(func=_cmd_sweep)

@@ -187,28 +187,32 @@ class FitBatcher:
 
 def variants(cfg: Config, *, forget_fractions: Sequence[float] | None = None,
              seeds: Sequence[int] | None = None) -> list[tuple[str, Config]]:
-    """``(label, config)`` per variant: one per forget fraction, or one per split seed."""
-    if (forget_fractions is None) == (seeds is None):
-        raise ValueError("a sweep varies exactly one of forget_fractions and seeds")
-    values = list(forget_fractions if forget_fractions is not None else seeds)
-    if not values:
-        raise ValueError("a sweep needs at least one value")
-    if len(set(values)) != len(values):
-        raise ValueError(f"sweep values repeat: {values}")
+    """``(label, config)`` per variant: every forget fraction × split seed (``data.seed``)."""
+    if forget_fractions is None and seeds is None:
+        raise ValueError("a sweep varies forget_fractions, seeds or both; got neither")
+    for name, values in (("forget_fractions", forget_fractions), ("seeds", seeds)):
+        if values is not None and not len(values):
+            raise ValueError(f"{name} is empty")
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError(f"{name} repeat: {list(values)}")
+    for f in forget_fractions or ():
+        if not 0.0 < float(f) < 1.0:
+            raise ValueError(f"forget fraction must be in (0, 1), got {f!r}")
+    if forget_fractions is not None and cfg.data.forget_classes:
+        raise ValueError("a forget-fraction sweep needs data.forget_classes unset")
+    d = cfg.to_dict()["data"]
     out = []
-    d = cfg.to_dict()
-    for v in values:
-        dv = {**d["data"]}
-        if forget_fractions is not None:
-            if not 0.0 < float(v) < 1.0:
-                raise ValueError(f"forget fraction must be in (0, 1), got {v!r}")
-            if cfg.data.forget_classes:
-                raise ValueError("a forget-fraction sweep needs data.forget_classes unset")
-            dv["forget_fraction"], label = float(v), f"forget{float(v):g}"
-        else:
-            dv["seed"], label = int(v), f"seed{int(v)}"
-        out.append((label, dataclasses.replace(cfg, data=from_dict(type(cfg.data), dv,
-                                                                     where="data"))))
+    for f in forget_fractions if forget_fractions is not None else [None]:
+        for seed in seeds if seeds is not None else [None]:
+            dv, parts = dict(d), []
+            if f is not None:
+                dv["forget_fraction"] = float(f)
+                parts.append(f"forget{float(f):g}")
+            if seed is not None:
+                dv["seed"] = int(seed)
+                parts.append(f"seed{int(seed)}")
+            out.append(("_".join(parts),
+                        dataclasses.replace(cfg, data=from_dict(type(cfg.data), dv, where="data"))))
     return out
 
 
