@@ -34,8 +34,9 @@ class SmallCNN(nn.Module):
 
     Downsampling is a stride-2 convolution by default. ``pool='max'`` uses 2×2 max-pooling after
     stride-1 convolutions instead, as in the classic small CNN; on a 2-core CPU XLA runs that
-    variant's step about 12× slower (1.6k vs 20k img/s at widths 32/64, batch 128), so the default
-    keeps the demo within minutes.
+    variant's epoch about 5× slower (1.8k vs 9.3k img/s at widths 32/64, batch 128, on a loaded
+    machine; 12× before :func:`max_pool_2x2` replaced ``nn.max_pool``), so the default keeps the
+    demo within minutes.
     """
 
     num_classes: int = 10
