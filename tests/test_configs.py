@@ -42,18 +42,24 @@ def test_config_parses_validates_and_names_itself(path):
     assert cfg.model.name in path.stem
     assert set(cfg.unlearn.methods) >= {"retrain", "FT", "GA", "RL", "SalUn"}
     # The prunable predicate is the architecture's own (written out where it is not the default).
-    assert (cfg.model.prunable_include, cfg.model.prunable_exclude) == default_prunable(
-        cfg.model.name)
+    assert _predicate(cfg) == default_prunable(cfg.model.name)
     if path in SMOKE:
         assert cfg.data.name == "fashion_mnist" and cfg.data.train_size <= 5000
     else:
         assert cfg.data.name.startswith("tfds:") and cfg.model.kwargs.get("dtype") == "bfloat16"
 
 
+def _predicate(cfg):
+    """The config's (include, exclude); a None (unset, if the config allows it) is the model's."""
+    include, exclude = default_prunable(cfg.model.name)
+    return (include if cfg.model.prunable_include is None else cfg.model.prunable_include,
+            exclude if cfg.model.prunable_exclude is None else cfg.model.prunable_exclude)
+
+
 def _one_masked_step(cfg, x, num_classes):
     model = get_model(cfg.model.name, num_classes, **cfg.model.kwargs)
     params, state = init_model(model, jax.random.PRNGKey(cfg.model.seed), x[:1])
-    flags = masks.prunable_leaves(params, cfg.model.prunable_include, cfg.model.prunable_exclude)
+    flags = masks.prunable_leaves(params, *_predicate(cfg))
     # A random mask at the config's density: a global top-k over millions of weights is a slow
     # sort on the CPU and beside the point here (the pruners have their own tests).
     rng = np.random.default_rng(0)
@@ -76,7 +82,7 @@ def _one_per_model(paths):
     seen = {}
     for p in paths:
         c = config.load_config(p)
-        key = (c.model.name, repr(sorted(c.model.kwargs.items())), c.model.prunable_include)
+        key = (c.model.name, repr(sorted(c.model.kwargs.items())), _predicate(c))
         seen.setdefault(key, p)
     return list(seen.values())
 

@@ -115,3 +115,7 @@ def _apply_fn(model: nn.Module):
         return model.apply(variables, x, train=train), model_state
 
     return apply_fn
+
+
+__all__ = ["MODELS", "PRUNABLE", "AlexNet", "MLP", "ResNet18", "SmallCNN", "ViT", "vit_b16",
+           "vit_small", "default_prunable", "get_model", "init_model", "make_apply_fn"]

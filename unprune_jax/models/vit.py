@@ -10,8 +10,9 @@ One Linen module, two registry entries (``vit_small``: patch 4, dim 192, depth 6
 - Learned positional embeddings (``pos_embed``), one per token, initialised N(0, 0.02²); their
   number is fixed by the image size the model is initialised on.
 - Pre-LN blocks: x + Attn(LN(x)), then x + MLP(LN(x)) with GELU; a final LN before ``head``.
-- Attention logits and the softmax are computed in float32 even under a bf16 compute dtype:
-  the softmax over 65–197 tokens is where bf16's 8-bit mantissa visibly hurts.
+- Attention logits and the softmax are computed in float32 even under a bf16 compute dtype: a
+  softmax's sum over 65–197 tokens is the reduction bf16's 8-bit mantissa is worst at, and it
+  costs little (the logits are (tokens × tokens) per head).
 - Dropout defaults to 0. The library's ``apply_fn`` passes no RNG, so a model with dropout > 0
   runs only through a direct ``model.apply(..., rngs={'dropout': key})``.
 """
