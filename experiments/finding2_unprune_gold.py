@@ -31,6 +31,8 @@ PRUNERS = {  # name -> config overrides
     "omp": ["prune.method=omp"],
     "imp": ["prune.method=imp", "prune.rounds=2"],
     "snip": ["prune.method=snip"],
+    # SNIP chose its mask by |θ ⊙ ∇L|, not magnitude: re-prune by the retained-data gradient score
+    "snip-regrad": ["prune.method=snip", "unprune.reprune_score=gradient"],
     "synflow": ["prune.method=synflow", "prune.synflow_iterations=20"],
     # filters, per layer (the pruner's own selection); no prune before epoch 1, which would
     # kill the zeroed ReLU filters for good (experiments/README.md, finding 1)
@@ -63,6 +65,7 @@ def main(argv=None) -> Path:
     rows, per_pruner = [], []
     for pruner in args.pruners:
         cfg = load_config("experiments/demo.toml", base + PRUNERS[pruner] + args.override)
+        assert cfg.prune.method == pruner.split("-")[0]
         t0 = time.perf_counter()
         res = pipeline.run(cfg, Path(args.run_root) / pruner, progress=False,
                            say=lambda m: None)

@@ -53,7 +53,7 @@ def test_finding2_every_pruner_config_is_valid(monkeypatch):
 
     monkeypatch.chdir(EXPERIMENTS.parent)
     for name, overrides in _script("finding2_unprune_gold").PRUNERS.items():
-        assert load_config("experiments/demo.toml", overrides).prune.method == name
+        assert load_config("experiments/demo.toml", overrides).prune.method == name.split("-")[0]
 
 
 def test_finding4_reinit(tmp_path):
