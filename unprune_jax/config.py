@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ._names import closest_name, unknown_name_error
-from .masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from .prune import PruneConfig
 from .train import TrainConfig
 from .unprune import UnpruneConfig
@@ -44,8 +43,17 @@ class ModelConfig:
     name: str = "small_cnn"
     kwargs: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
-    prunable_include: tuple[str, ...] = DEFAULT_INCLUDE
-    prunable_exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    prunable_include: tuple[str, ...] | None = None  # None: the architecture's own predicate
+    prunable_exclude: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        from .models import default_prunable
+
+        include, exclude = default_prunable(self.name)  # also rejects an unknown model name
+        if self.prunable_include is None:
+            object.__setattr__(self, "prunable_include", include)
+        if self.prunable_exclude is None:
+            object.__setattr__(self, "prunable_exclude", exclude)
 
 
 @dataclasses.dataclass(frozen=True)
