@@ -88,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=60000, help="images per epoch")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="torch.set_num_threads; run under `taskset -c 0` with 1 to give both "
+                        "sides one core (XLA:CPU sizes its pool from the affinity mask)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-scan", action="store_true", help="skip the lax.scan epoch")
@@ -197,7 +200,7 @@ def torch_rows(args, data, compile_too=True):
     import torch
     from torch import nn as tnn
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     x_all = torch.from_numpy(data.x).permute(0, 3, 1, 2).contiguous()  # NCHW
     y_all = torch.from_numpy(data.y.astype(np.int64))
 
@@ -267,10 +270,11 @@ def torch_rows(args, data, compile_too=True):
 
         return Row(label, epoch, lambda: epoch(n=2 * args.batch))
 
-    rows = [make(f"PyTorch {torch.__version__} eager (NCHW), {THREADS} threads"),
-            make(f"PyTorch eager channels_last (NHWC), {THREADS} threads", channels_last=True)]
+    n = args.threads
+    rows = [make(f"PyTorch {torch.__version__} eager (NCHW), {n} threads"),
+            make(f"PyTorch eager channels_last (NHWC), {n} threads", channels_last=True)]
     if compile_too:
-        rows.append(make(f"PyTorch torch.compile (inductor), {THREADS} threads", compiled=True))
+        rows.append(make(f"PyTorch torch.compile (inductor), {n} threads", compiled=True))
     return rows
 
 
