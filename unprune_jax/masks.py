@@ -150,9 +150,18 @@ def _topk_flat(scores: jax.Array, k: int, candidates: jax.Array | None = None) -
     """Bool vector keeping the ``k`` largest scores; ties go to the lower index, always."""
     if candidates is not None:
         scores = jnp.where(candidates, scores, -jnp.inf)
+    return _keep_top(scores, jnp.asarray(k, jnp.int32))
+
+
+@jax.jit
+def _keep_top(scores: jax.Array, k: jax.Array) -> jax.Array:
     # A stable descending sort keeps equal scores in index order: deterministic tie-breaking.
+    # k is traced, so iterative pruners (SynFlow's 100 rounds, IMP) reuse one compilation per
+    # shape instead of compiling a new slice for every k.
     order = jnp.argsort(scores, descending=True, stable=True)
-    return jnp.zeros(scores.shape, bool).at[order[:k]].set(True)
+    ranks = jnp.zeros(scores.shape, jnp.int32).at[order].set(
+        jnp.arange(scores.size, dtype=jnp.int32))
+    return ranks < k
 
 
 def _unit_view(leaf, path: str, granularity: str, allow_dense_filters: bool):
