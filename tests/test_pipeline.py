@@ -37,6 +37,7 @@ def without_time(rows):
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
 def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
+    jax.clear_caches()  # other tests may have compiled the same (cached) steps already
     cfg = load_config(None, TINY + ["data.train_size=2000", "data.test_size=500"])
     res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     rows = {r["model"]: r for r in res["rows"]}
