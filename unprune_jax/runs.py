@@ -506,6 +506,8 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
                     "a batch size that fits) or a smaller map_batch_size", needed, limit)
         return plan
 
+    if k == 1 and limit is None:
+        return Plan("loop")  # one run: nothing to batch, the loop is the single-run step itself
     key = (jax.default_backend(), step_fn, str(jax.tree.map(lambda a: (np.shape(a), str(a.dtype)),
                                                            (states, x, y, w))),
            k, mesh, limit, map_batch_size)
