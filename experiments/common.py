@@ -143,6 +143,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, out: Path, name: str) -> Path:
+    """``out/name.png`` at a readable resolution; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)
+    return out / f"{name}.png"
+
+
 def log_row(row: dict) -> None:
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
           flush=True)

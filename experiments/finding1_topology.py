@@ -115,9 +115,7 @@ def main(argv=None) -> Path:
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"Finding 1: mask change under deletion vs reshuffling (small CNN, "
                  f"FashionMNIST, {args.train_size} images, 10% deleted)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, out, name)
     print(md.read_text())
     return md
 

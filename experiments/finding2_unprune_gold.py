@@ -124,9 +124,7 @@ def main(argv=None) -> Path:
     ax.set_title(f"Un-pruning toward gold (> 0 is closer): small CNN, FashionMNIST "
                  f"({args.train_size} images, 10% forgotten)", fontsize=9)
     ax.legend(title="unlearning method", fontsize=7, ncol=min(5, len(args.methods)))
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, out, name)
     print(md.read_text())
     return md
 

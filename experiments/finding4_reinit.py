@@ -144,9 +144,7 @@ def main(argv=None) -> Path:
     fig.suptitle(f"θ_0 vs random re-init: small CNN, FashionMNIST ({args.train_size} images), "
                  f"OMP {args.density:.0%} density, mean ± std over {len(args.forget_seeds)} "
                  "forget sets", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, out, name)
     print(md.read_text())
     return md
 
