@@ -112,3 +112,39 @@ def test_variants_validate():
                                     "forget0.2_seed4"]
     assert [(c.data.forget_fraction, c.data.seed) for _, c in both] == [
         (0.1, 3), (0.1, 4), (0.2, 3), (0.2, 4)]
+
+
+def test_batcher_batches_loops_that_start_at_a_later_schedule_epoch():
+    """SFP and learning-rate rewinding call fit with start_epoch > 0; those batch too."""
+    data = synthetic_dataset(n=160, image_shape=(4, 4, 1), num_classes=3, seed=1)
+    model = get_model("mlp", 3, hidden=(8,))
+    apply_fn = make_apply_fn(model)
+    params, ms = init_model(model, jax.random.PRNGKey(1), data.x[:1])
+    tx = optim.sgd()
+    step = train_lib.make_train_step(apply_fn, tx, cross_entropy)
+    init = train_lib.TrainState.create(params, ms, tx)
+    subsets = [np.arange(0, 90), np.arange(30, 160)]
+    cfg = train_lib.TrainConfig(epochs=1, batch_size=32, lr=0.1, milestones=(2,), gamma=0.1)
+    batcher = sweep.FitBatcher(2, strategy="vmap", progress=False)
+    got = [None] * 2
+
+    def worker(i):
+        train_lib.FIT_HOOK.set(batcher)
+        try:
+            got[i] = train_lib.fit(init, step, data, subsets[i], cfg, start_epoch=2,
+                                   progress=False)
+        finally:
+            batcher.leave()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert batcher.stats["batched_calls"] == 1 and batcher.stats["alone"] == 0
+    for i in range(2):
+        ref, hist, _ = train_lib.fit(init, step, data, subsets[i], cfg, start_epoch=2,
+                                     progress=False)
+        state, h, _ = got[i]
+        assert [r["epoch"] for r in h] == [3] and h[0]["lr"] == pytest.approx(0.01)
+        assert h[0]["loss"] == pytest.approx(hist[0]["loss"], rel=1e-5)
+        for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(state.params)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

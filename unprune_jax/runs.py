@@ -583,6 +583,7 @@ def fit_many(
     desc: str = "train",
     memory_limit_bytes: int | None | str = "device",
     scan_epoch: bool = False,
+    start_epoch: int = 0,
 ) -> tuple[TrainState, list[list[dict]]]:
     """Trains K stacked runs at once; run k equals :func:`train.fit` of that run alone.
 
@@ -609,6 +610,8 @@ def fit_many(
         desc: label for the bar and error messages.
         memory_limit_bytes: device memory limit for the memory check and ``auto``'s fallback;
             ``"device"`` (default): the device's ``bytes_limit`` where reported, else no check.
+        start_epoch: schedule epoch to start at, as in :func:`train.fit` (learning-rate rewinding,
+            SFP's one-epoch calls).
         scan_epoch: run each epoch as one compiled ``lax.scan`` with the pool on the device (no
             host round-trip inside an epoch). Pays off when the step is launch-bound (an MLP,
             small models on GPU/TPU); see docs/runs.md for what it did on a 2-core CPU.
@@ -664,7 +667,7 @@ def fit_many(
             states = jax.tree.map(
                 lambda a: jnp.concatenate([a, jnp.repeat(a[:1], k_pad - k, axis=0)]), states)
     y_static = dataset.y if labels is None or callable(labels) else np.asarray(labels)
-    probe_idx, probe_w = _epoch_batches(subsets, cfgs, 0, order_pool, k_pad)
+    probe_idx, probe_w = _epoch_batches(subsets, cfgs, start_epoch, order_pool, k_pad)
     plan = resolve_strategy(
         step_fn, states, dataset.x[probe_idx[0]], y_static[probe_idx[0]], probe_w[0],
         strategy=strategy, map_batch_size=map_batch_size, mesh=mesh,
@@ -674,7 +677,8 @@ def fit_many(
         pool_x = jnp.asarray(dataset.x)
         if plan.strategy == "shard":
             pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
-    for epoch in range(epochs):
+    last = start_epoch + epochs
+    for epoch in range(start_epoch, last):
         lrs = [optim.multistep_lr(c.lr, epoch, c.milestones, c.gamma) for c in cfgs]
         lr_arr = np.array(lrs + [lrs[0]] * (k_pad - k), np.float32)
         if plan.strategy == "loop":
@@ -690,10 +694,10 @@ def fit_many(
         if scan_epoch:
             carrier, metrics = _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x,
                                                   jnp.asarray(y_all), idx, w, progress,
-                                                  f"{desc} {epoch + 1}/{epochs}")
+                                                  f"{desc} {epoch + 1}/{last}")
         else:
             carrier, metrics = _run_epoch(plan, step_fn, mesh, carrier, dataset.x, y_all, idx, w,
-                                          progress, f"{desc} {epoch + 1}/{epochs}")
+                                          progress, f"{desc} {epoch + 1}/{last}")
         seconds = time.perf_counter() - t0
         loss, weight, correct = (metrics[n][:, :k] for n in ("loss", "weight", "correct"))
         real = weight > 0

@@ -70,7 +70,7 @@ class _Request:
 
 def _batchable(kw: dict) -> bool:
     return (not kw["extras"] and not kw["constants"] and not callable(kw["labels"])
-            and kw["start_epoch"] == 0 and set(kw["snapshot_epochs"]) <= {0})
+            and set(kw["snapshot_epochs"]) <= {0})
 
 
 class FitBatcher:
@@ -154,6 +154,7 @@ class FitBatcher:
                 stacked, histories = runs.fit_many(
                     runs.stack(states), step_fn, dataset, [r.args[3] for r in leaders], cfgs,
                     order_pool=kw["order_pool"], strategy=self.strategy, labels=kw["labels"],
+                    start_epoch=kw["start_epoch"],
                     progress=self.progress, desc=f"{len(leaders)} runs: {kw['desc']}")
             finally:
                 FIT_HOOK.reset(token)
