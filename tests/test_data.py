@@ -177,7 +177,7 @@ def test_dataset_validation():
 def test_load_dataset_registry(syn):
     ds = D.load_dataset("synthetic", n=50, n_test=10)
     assert len(ds) == 50 and len(ds.test_pool) == 10
-    with pytest.raises(ValueError, match="'fashion-mnist'.*fashion_mnist, synthetic.*Did you mean 'fashion_mnist'"):
+    with pytest.raises(ValueError, match=r"'fashion-mnist'; known: \[.*'synthetic'.*\]\. Did you mean 'fashion_mnist'"):
         D.load_dataset("fashion-mnist")
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         D.load_dataset("imagenet")

@@ -50,7 +50,7 @@ def test_unknown_model_suggests_the_closest():
 # ------------------------------------------------------------- AlexNet and ViT
 
 from unprune_jax.models import MODELS, default_prunable  # noqa: E402
-from unprune_jax.models.alexnet import max_pool_2x2  # noqa: E402
+from unprune_jax.models.cnn import max_pool_2x2  # noqa: E402
 
 
 def _n_params(params):
@@ -129,7 +129,7 @@ def test_resnet18_imagenet_stem_shapes_without_running():
 
 def test_max_pool_2x2_matches_numpy_with_ceil_mode():
     x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
-    out = np.asarray(max_pool_2x2(jnp.asarray(x)))
+    out = np.asarray(max_pool_2x2(jnp.asarray(x), ceil=True))
     assert out.shape == (2, 4, 3, 3)
     for i in range(4):
         for j in range(3):

@@ -24,7 +24,6 @@ outputs are plain numpy arrays that ``jnp.asarray`` accepts directly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import gzip
 import numbers
@@ -34,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from ._names import unknown_name_error
 
 __all__ = [
     "DATA_DIR_ENV_VAR",
@@ -790,11 +791,7 @@ def load_dataset(
         if not tfds_name:
             raise ValueError("'tfds:' needs a TFDS dataset name, e.g. 'tfds:cifar10'")
         return load_tfds(tfds_name, data_dir=data_dir, **kw)
-    close = difflib.get_close_matches(str(name), ["fashion_mnist", "synthetic"], n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}.{hint}"
-    )
+    raise unknown_name_error("dataset", name, DATASET_NAMES, cutoff=0.5)
 
 
 # --------------------------------------------------------------------------

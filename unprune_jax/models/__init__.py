@@ -13,13 +13,13 @@ override it.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 
+from .._names import unknown_name_error
 from ..masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from .alexnet import AlexNet
 from .cnn import MLP, SmallCNN
@@ -59,9 +59,7 @@ PRUNABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 def _check_name(name: str) -> None:
     if name not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}.{hint}")
+        raise unknown_name_error("model", name, MODELS)
 
 
 def default_prunable(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -14,26 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
-    """2×2 max-pool with stride 2 over NHWC ``x``; odd sizes round up (PyTorch's ``ceil_mode``).
-
-    Written as a reshape and a max rather than ``nn.max_pool``: the same function, but XLA:CPU's
-    windowed reduce-max gradient is slow (forward + backward on a 128×28×28×64 batch: 35–50 ms
-    against 290–330 ms on a 2-core CPU). An odd height or width is padded with −inf first, so the
-    last row or column pools alone (7 → 4).
-
-    Args:
-        x: ``(N, H, W, C)``.
-
-    Returns:
-        ``(N, ceil(H/2), ceil(W/2), C)``, same dtype.
-    """
-    n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
-        h, w = h + h % 2, w + w % 2
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+from .cnn import max_pool_2x2
 
 
 class AlexNet(nn.Module):
@@ -71,7 +52,7 @@ class AlexNet(nn.Module):
         for i, (w, k) in enumerate(zip(self.widths, self.kernels)):
             x = nn.relu(nn.Conv(w, (k, k), dtype=dtype, name=f"conv{i}")(x))
             if i in self.pool_after:
-                x = max_pool_2x2(x)
+                x = max_pool_2x2(x, ceil=True)  # 7 → 4 on 28×28 inputs
         x = x.reshape(x.shape[0], -1)
         for i, h in enumerate(self.hidden):
             x = nn.relu(nn.Dense(h, dtype=dtype, name=f"fc{i}")(x))

@@ -8,23 +8,27 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def max_pool_2x2(x):
-    """2×2 max-pooling with stride 2 and VALID padding, as a reshape and a max.
+def max_pool_2x2(x, ceil: bool = False):
+    """2×2 max-pooling with stride 2 over NHWC ``x``, as a reshape and a max.
 
-    Same values as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped, as
-    VALID does), but XLA:CPU runs it about 5-10× faster forward + backward (2 cores, batch 128,
-    28×28×32: 18 vs 126 ms): ``nn.max_pool``'s gradient is a ``select-and-scatter``, this one's
-    an elementwise compare. They differ only in where the gradient of a tied maximum goes
-    (``nn.max_pool``: to the first; here: split evenly); after a ReLU the only ties are windows
-    of zeros, whose gradient the ReLU stops either way.
+    Same values as ``nn.max_pool(x, (2, 2), (2, 2))``, but XLA:CPU runs it about 5-10× faster
+    forward + backward (2 cores, batch 128, 28×28×32: 18 vs 126 ms): ``nn.max_pool``'s gradient
+    is a ``select-and-scatter``, this one's an elementwise compare. They differ only in where the
+    gradient of a tied maximum goes (``nn.max_pool``: to the first; here: split evenly); after a
+    ReLU the only ties are windows of zeros, whose gradient the ReLU stops either way.
 
     Args:
         x: ``(N, H, W, C)`` array.
+        ceil: an odd last row or column is dropped (False, as VALID padding does) or pooled
+            alone (True, PyTorch's ``ceil_mode``: 7 → 4; padded with −inf).
 
     Returns:
-        ``(N, H // 2, W // 2, C)`` array.
+        ``(N, H // 2, W // 2, C)``, or ``(N, ceil(H/2), ceil(W/2), C)`` with ``ceil``.
     """
     n, h, w, c = x.shape
+    if ceil and (h % 2 or w % 2):
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+        h, w = h + h % 2, w + w % 2
     x = x[:, : h - h % 2, : w - w % 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
