@@ -111,10 +111,13 @@ def test_noise_floor_delta_j_by_hand():
 
 
 def test_results_table_shows_missing_values_as_dashes():
-    row = {"model": "dense", "UA": 0.1234, "RA": 0.9, "TA": 0.85, "density": 1.0,
-           "IoU_gold": None, "delta_J": math.nan, "diverged": "loss nan"}
-    line = report.results_table([row]).splitlines()[2]
-    assert line.startswith("| dense (diverged) | 12.34 | 90.00 | 85.00 | 1.0000 | — | — | — |")
+    from unprune_jax.pipeline import format_table
+
+    row = {"model": "dense", "UA": 0.1234, "RA": 0.9, "TA": 0.85, "IoU_gold": None,
+           "delta_J": math.nan, "diverged": "loss nan"}
+    line = format_table([row]).splitlines()[2]
+    assert line == ("| dense (diverged) | 12.34 | 90.00 | 85.00 | — | — | — | — | — | — | — | — "
+                    "| — | — |")
 
 
 def test_a_directory_of_runs_stands_for_its_runs(runs, tmp_path):

@@ -289,29 +289,29 @@ def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original,
 
 
 def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
-    """Markdown table of the evaluation rows (percentages for accuracies).
+    """Markdown table of the evaluation rows (percentages for accuracies; '—' where a value is
+    missing or undefined, e.g. in an older run's results).
 
     ``first = (key, header)`` adds a leading column (the sweep's variant label).
     """
 
-    def num(x, fmt):
-        return "—" if x is None or x != x else format(x, fmt)
+    def num(key, fmt, scale=1.0):
+        x = r.get(key)
+        return "—" if x is None or x != x else format(scale * x, fmt)
 
+    columns = (("UA", ".2f", 100), ("RA", ".2f", 100), ("TA", ".2f", 100), ("IoU_gold", ".4f"),
+               ("IoU_gold_corrected", ".4f"), ("delta_J", "+.4f"), ("corrected_fraction", ".3f"),
+               ("LLR_normalised", "+.2f"), ("JS_gold_forget", ".4f"),
+               ("weight_distance_gold", ".2f"), ("seconds", ".1f"), ("compile_seconds", ".1f"),
+               ("RTE", ".2f"))
     head = ("| model | UA % | RA % | TA % | IoU gold | J* gold | ΔJ | corrected | LLR norm | "
             "JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
     lead = f"| {first[1]} " if first else ""
-    lines = [lead + head, "|" + "---|" * (14 + bool(first))]
+    lines = [lead + head, "|" + "---|" * (len(columns) + 1 + bool(first))]
     for r in rows:
         flag = " (diverged)" if r.get("diverged") else ""
-        lines.append(
-            (f"| {r[first[0]]} " if first else "") +
-            f"| {r['model']}{flag} | {100 * r['UA']:.2f} | {100 * r['RA']:.2f} | "
-            f"{100 * r['TA']:.2f} | {num(r['IoU_gold'], '.4f')} | "
-            f"{num(r['IoU_gold_corrected'], '.4f')} | {num(r['delta_J'], '+.4f')} | "
-            f"{num(r['corrected_fraction'], '.3f')} | {num(r['LLR_normalised'], '+.2f')} | "
-            f"{r['JS_gold_forget']:.4f} | {r['weight_distance_gold']:.2f} | {r['seconds']:.1f} | "
-            f"{r['compile_seconds']:.1f} | {r['RTE']:.2f} |"
-        )
+        cells = [f"{r['model']}{flag}"] + [num(*c) for c in columns]
+        lines.append((f"| {r[first[0]]} " if first else "") + "| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

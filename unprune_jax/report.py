@@ -20,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["write_report", "load_runs", "comparison_table", "results_table",
+from .pipeline import format_table, summary_lines
+
+__all__ = ["write_report", "load_runs", "comparison_table",
            "noise_floor_delta_j", "delta_j_figure", "ua_iou_figure"]
 
 GOLD = "gold (retrain + re-prune)"
@@ -98,25 +100,6 @@ def _num(x, fmt: str, scale: float = 1.0) -> str:
     return format(scale * x, fmt)
 
 
-def results_table(rows: list[dict]) -> str:
-    """A run's results as a markdown table (accuracies in %; '—' where a value is undefined)."""
-    head = ("| model | UA % | RA % | TA % | density | IoU gold | J* gold | ΔJ | corrected | "
-            "JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
-    lines = [head, "|" + "---|" * 14]
-    for r in rows:
-        flag = " (diverged)" if r.get("diverged") else ""
-        lines.append(
-            f"| {r['model']}{flag} | {_num(r.get('UA'), '.2f', 100)} | "
-            f"{_num(r.get('RA'), '.2f', 100)} | {_num(r.get('TA'), '.2f', 100)} | "
-            f"{_num(r.get('density'), '.4f')} | {_num(r.get('IoU_gold'), '.4f')} | "
-            f"{_num(r.get('IoU_gold_corrected'), '.4f')} | {_num(r.get('delta_J'), '+.4f')} | "
-            f"{_num(r.get('corrected_fraction'), '.3f')} | {_num(r.get('JS_gold_forget'), '.4f')} "
-            f"| {_num(r.get('weight_distance_gold'), '.2f')} | {_num(r.get('seconds'), '.1f')} | "
-            f"{_num(r.get('compile_seconds'), '.1f')} | {_num(r.get('RTE'), '.2f')} |"
-        )
-    return "\n".join(lines)
-
-
 def comparison_table(runs: list[dict]) -> str:
     """Method × run: one line per (model row, run), grouped by model row in first-seen order."""
     order: list[str] = []
@@ -185,8 +168,6 @@ def _settings(run: dict) -> str:
 
 
 def _summary(results: dict) -> str:
-    from .pipeline import summary_lines
-
     try:
         return summary_lines(results)
     except (KeyError, TypeError):  # a results file of an older version: the headline only
@@ -370,7 +351,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out_md: str | os.PathLik
             parts += [f"![{alt}]({path.name})", "", caption, ""]
     for run in runs:
         res = run["results"]
-        parts += [f"## Run {run['label']}", "", _settings(run), "", results_table(res["rows"]),
+        parts += [f"## Run {run['label']}", "", _settings(run), "", format_table(res["rows"]),
                   "", _summary(res).replace("\n", "  \n"), ""]
     out.write_text("\n".join(parts))
     return out
