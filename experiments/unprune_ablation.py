@@ -14,19 +14,15 @@ Needs matplotlib (``pip install matplotlib``).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import platform
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from unprune_jax import masks, metrics, optim, prune, unlearn
-from unprune_jax.data import load_dataset, make_split
-from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainConfig, TrainState
+import common
+from unprune_jax import masks, metrics, prune, unlearn
+from unprune_jax.train import TrainConfig
 from unprune_jax.unprune import UnpruneConfig, gold_standard, unprune
 
 OPTIONS = {
@@ -38,7 +34,7 @@ OPTIONS = {
 }
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train-size", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=3)
@@ -46,23 +42,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("this experiment draws figures: pip install matplotlib") from None
-
-    data = load_dataset("fashion_mnist", args.data_dir)
-    split = make_split(data, seed=0, train_size=args.train_size, forget_fraction=0.1)
-    model = get_model("small_cnn")
-    apply_fn = make_apply_fn(model)
-    params0, ms0 = init_model(model, jax.random.PRNGKey(0), data.x[:1])
-    random_params, _ = init_model(model, jax.random.PRNGKey(1), data.x[:1])
-    tx = optim.sgd()
-    init = TrainState.create(params0, ms0, tx)
-    flags = masks.prunable_leaves(params0)
+    plt = common.pyplot()
+    s = common.fashion_setup(args.train_size, data_dir=args.data_dir)
+    data, split, apply_fn, tx, init, flags = s.data, s.split, s.apply_fn, s.tx, s.init, s.prunable
+    random_params = s.random_params
     train_cfg = TrainConfig(epochs=args.epochs, lr=0.05)
     prune_cfg = prune.PruneConfig(density=0.1)
     method_cfg = dataclasses.replace(unlearn.get(args.method).defaults, epochs=1)
@@ -97,11 +80,18 @@ def main(argv=None) -> None:
                            for k, v in row.items()), flush=True)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "unprune_ablation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    prov = common.provenance(
+        {"train_size": args.train_size, "epochs": args.epochs, "method": args.method,
+         "pruner": "omp", "density": 0.1, "defaults": "p_θ 0.1, 1 round, θ_0, dense, magnitude"},
+        {"split": 0, "model (θ_0)": 0, "random re-init params": 1, "data order": 0})
+    md = common.write_table(
+        rows,
+        [("option", "option", ""), ("value", "value", ""), ("IoU_gold", "IoU gold", ".4f"),
+         ("delta_J", "ΔJ", "+.4f"), ("corrected", "corrected", ".3f"),
+         ("introduced", "introduced", ".3f"), ("UA", "UA", ".4f"), ("TA", "TA", ".4f")],
+        out, "unprune_ablation", prov=prov,
+        title=f"Un-pruning ablation around {args.method} (small CNN, FashionMNIST, OMP 10%)",
+        notes=f"IoU(original, gold) = {j_orig:.4f}.")
     for option in OPTIONS:
         sel = [r for r in rows if r["option"] == option]
         x = np.arange(len(sel))
@@ -124,20 +114,9 @@ def main(argv=None) -> None:
         ax2.set_title(f"accuracy ({args.method} + un-prune)")
         fig.suptitle(f"un-pruning ablation: {option} (small CNN, FashionMNIST, 10% density)",
                      fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / f"unprune_ablation_{option}.png", dpi=110)
-        plt.close(fig)
-    lines = ["| option | value | IoU gold | ΔJ | corrected | introduced | UA % | TA % |",
-             "|---|---|---|---|---|---|---|---|"] + [
-        f"| {r['option']} | {r['value']} | {r['IoU_gold']:.4f} | {r['delta_J']:+.4f} | "
-        f"{r['corrected']:.3f} | {r['introduced']:.3f} | {100 * r['UA']:.2f} | "
-        f"{100 * r['TA']:.2f} |" for r in rows]
-    header = (f"Un-pruning ablation around {args.method}: real FashionMNIST, small CNN, "
-              f"{args.train_size} training images (10% deleted), {args.epochs} epochs, OMP 10% "
-              f"density; IoU(original, gold) = {j_orig:.4f}; {platform.machine()} "
-              f"{jax.default_backend()}.\n\n")
-    (out / "unprune_ablation.md").write_text(header + "\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+        common.save_figure(fig, out, f"unprune_ablation_{option}")
+    print(md.read_text())
+    return md
 
 
 if __name__ == "__main__":

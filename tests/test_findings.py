@@ -59,3 +59,12 @@ def test_finding2_every_pruner_config_is_valid(monkeypatch):
 def test_finding4_reinit(tmp_path):
     _script("finding4_reinit").main(["--tiny", "--out", str(tmp_path)])
     _check_outputs(tmp_path, "finding4_reinit", "random ×1")
+
+
+def test_unprune_ablation_tiny(tmp_path):
+    _script("unprune_ablation").main(["--train-size", "400", "--epochs", "1", "--out",
+                                      str(tmp_path)])
+    md = (tmp_path / "unprune_ablation.md").read_text()
+    assert "| reinit | random |" in md and "Command:" in md
+    for option in _script("unprune_ablation").OPTIONS:
+        assert (tmp_path / f"unprune_ablation_{option}.png").stat().st_size > 10_000

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from . import checkpoint as ckpt
+from ._names import unknown_name_error
 from . import optim
 from . import runs
 from .config import Config, from_dict
@@ -229,8 +230,8 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
     """
     from . import pipeline
 
-    if strategy not in (*runs.STRATEGIES,):
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {runs.STRATEGIES}")
+    if strategy not in runs.STRATEGIES:
+        raise unknown_name_error("strategy", strategy, runs.STRATEGIES)
     vs = variants(cfg, forget_fractions=forget_fractions, seeds=seeds)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
