@@ -27,6 +27,17 @@ def quiet(_msg):
     pass
 
 
+def tiny_mlp(n, seed):
+    """A 3-class synthetic pool, the masked step of a tiny MLP, and its initial state."""
+    data = synthetic_dataset(n=n, image_shape=(4, 4, 1), num_classes=3, seed=seed)
+    model = get_model("mlp", 3, hidden=(8,))
+    apply_fn = make_apply_fn(model)
+    params, ms = init_model(model, jax.random.PRNGKey(seed), data.x[:1])
+    tx = optim.sgd()
+    step = train_lib.make_train_step(apply_fn, tx, cross_entropy)
+    return data, step, train_lib.TrainState.create(params, ms, tx)
+
+
 def no_time(rows):
     drop = ("seconds", "RTE", "compile_seconds", "mask_metrics")
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
@@ -61,13 +72,7 @@ def test_sweep_equals_separate_runs(tmp_path, strategy):
 
 
 def test_batcher_threads_equal_fit_alone():
-    data = synthetic_dataset(n=200, image_shape=(4, 4, 1), num_classes=3, seed=0)
-    model = get_model("mlp", 3, hidden=(8,))
-    apply_fn = make_apply_fn(model)
-    params, ms = init_model(model, jax.random.PRNGKey(0), data.x[:1])
-    tx = optim.sgd()
-    step = train_lib.make_train_step(apply_fn, tx, cross_entropy)
-    init = train_lib.TrainState.create(params, ms, tx)
+    data, step, init = tiny_mlp(n=200, seed=0)
     subsets = [np.arange(0, 120), np.arange(50, 200), np.arange(0, 120)]  # the 3rd repeats the 1st
     cfgs = [train_lib.TrainConfig(epochs=2, batch_size=32, lr=lr, seed=s)
             for lr, s in ((0.1, 0), (0.05, 1), (0.1, 0))]
@@ -116,13 +121,7 @@ def test_variants_validate():
 
 def test_batcher_batches_loops_that_start_at_a_later_schedule_epoch():
     """SFP and learning-rate rewinding call fit with start_epoch > 0; those batch too."""
-    data = synthetic_dataset(n=160, image_shape=(4, 4, 1), num_classes=3, seed=1)
-    model = get_model("mlp", 3, hidden=(8,))
-    apply_fn = make_apply_fn(model)
-    params, ms = init_model(model, jax.random.PRNGKey(1), data.x[:1])
-    tx = optim.sgd()
-    step = train_lib.make_train_step(apply_fn, tx, cross_entropy)
-    init = train_lib.TrainState.create(params, ms, tx)
+    data, step, init = tiny_mlp(n=160, seed=1)
     subsets = [np.arange(0, 90), np.arange(30, 160)]
     cfg = train_lib.TrainConfig(epochs=1, batch_size=32, lr=0.1, milestones=(2,), gamma=0.1)
     batcher = sweep.FitBatcher(2, strategy="vmap", progress=False)
