@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ._names import closest_name, unknown_name_error
+from .registry import closest_name, unknown_name_error
 
 #: One line per dataset name ``data.load_dataset`` accepts (``data.DATASET_NAMES``).
 DATASET_DESCRIPTIONS = {

@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ._names import closest_name, unknown_name_error
+from .registry import closest_name, unknown_name_error
 from .prune import PruneConfig
 from .train import TrainConfig
 from .unprune import UnpruneConfig

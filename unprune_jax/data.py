@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._names import unknown_name_error
+from .registry import unknown_name_error
 
 __all__ = [
     "DATA_DIR_ENV_VAR",

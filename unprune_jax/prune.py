@@ -33,7 +33,7 @@ import numpy as np
 from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
-from ._names import closest_name, unknown_name_error
+from .registry import closest_name, unknown_name_error
 from .data import Dataset
 from .train import TrainConfig, TrainState, fit, make_train_step
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from . import losses as losses_lib
 from . import masks as masks_lib
-from ._names import unknown_name_error
+from .registry import unknown_name_error
 
 
 def magnitude(params):

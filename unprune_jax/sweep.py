@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from . import checkpoint as ckpt
-from ._names import unknown_name_error
+from .registry import unknown_name_error
 from . import optim
 from . import runs
 from .config import Config, from_dict

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import masks as masks_lib
-from ._names import closest_name
+from .registry import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
 from . import unlearn as unlearn_lib

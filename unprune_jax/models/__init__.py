@@ -19,7 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from .._names import unknown_name_error
+from ..registry import unknown_name_error
 from ..masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from .alexnet import AlexNet
 from .cnn import MLP, SmallCNN

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._names import unknown_name_error
+from ..registry import unknown_name_error
 from ..data import Dataset
 from ..train import DivergenceError, TrainConfig, TrainState, fit, make_train_step
 
