@@ -1,4 +1,4 @@
-"""K runs in one call: every strategy equals train.fit per run; sharding, memory, no retrace."""
+"""K runs in one call: every strategy equals a plain per-run loop; sharding, memory, no retrace."""
 
 import json
 import os
@@ -14,7 +14,9 @@ import pytest
 from unprune_jax import losses, masks, optim, runs
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import DivergenceError, TrainConfig, TrainState, fit, make_train_step
+from unprune_jax.data import batch_indices
+from unprune_jax.train import (DivergenceError, TrainConfig, TrainState, epoch_order, fit,
+                               fit_many, make_train_step)
 
 K = 3
 SIZES = (40, 57, 90)  # different subset sizes → different batch counts per run (batch 16)
@@ -65,12 +67,40 @@ def test_stack_unstack_round_trip_and_shape_errors():
         runs.num_runs({"a": jnp.zeros((3, 2)), "b": jnp.zeros((2,))})
 
 
+def plain_fit(state, step, ds, subset, cfg):
+    """A plain reference loop written apart from the library's: the definition every strategy
+    (and train.fit) must match."""
+    state = state.replace(opt_state=optim.set_hyperparams(
+        state.opt_state, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    history = []
+    for epoch in range(cfg.epochs):
+        lr = cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, learning_rate=lr))
+        idx, w = batch_indices(epoch_order(subset, cfg.seed, epoch), cfg.batch_size,
+                               shuffle=False)
+        loss = correct = total = 0.0
+        for i, wi in zip(idx, w):
+            state, m = step(state, ds.x[i], ds.y[i], wi, {})
+            loss += float(m["loss"]) * float(m["weight"])
+            correct += float(m["correct"])
+            total += float(m["weight"])
+        history.append({"epoch": epoch + 1, "lr": lr, "loss": loss / total, "acc": correct / total})
+    return state, history
+
+
 @pytest.fixture(scope="module")
 def reference():
-    """train.fit on each run alone: the definition every strategy must match."""
     ds, step, states, subsets, cfgs = setup()
-    ref = [fit(s, step, ds, sub, c, progress=False) for s, sub, c in zip(states, subsets, cfgs)]
+    ref = [plain_fit(s, step, ds, sub, c) for s, sub, c in zip(states, subsets, cfgs)]
     return (ds, step, states, subsets, cfgs), [r[0] for r in ref], [r[1] for r in ref]
+
+
+def test_fit_is_the_plain_loop_exactly(reference):
+    (ds, step, states, subsets, cfgs), ref_states, ref_hist = reference
+    got, hist, _ = fit(states[1], step, ds, subsets[1], cfgs[1], progress=False)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref_states[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref_hist[1]], rel=1e-6)
 
 
 @pytest.mark.parametrize("strategy,batch,scan", [
@@ -79,7 +109,7 @@ def reference():
 ])
 def test_each_strategy_equals_fit_run_by_run(reference, strategy, batch, scan):
     (ds, step, states, subsets, cfgs), ref_states, ref_hist = reference
-    out, hist = runs.fit_many(runs.stack(states), step, ds, subsets, cfgs, strategy=strategy,
+    out, hist = fit_many(runs.stack(states), step, ds, subsets, cfgs, strategy=strategy,
                               map_batch_size=batch, progress=False, scan_epoch=scan)
     assert runs.num_runs(out) == K
     for k, single in enumerate(runs.unstack(out)):
@@ -118,17 +148,17 @@ def test_no_recompilation_across_steps_and_calls_of_the_same_shape():
 
     ds, step, states, subsets, cfgs = setup("mlp", loss=counting_ce)
     st = runs.stack(states)
-    out, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="vmap", progress=False)
+    out, _ = fit_many(st, step, ds, subsets, cfgs, strategy="vmap", progress=False)
     first = len(traces)
     assert first == 1  # the single step traced once, batched as a jaxpr by vmap
     # other subsets (other batch counts), other seeds and lrs, same shapes: nothing retraces
     cfgs2 = [TrainConfig(epochs=1, batch_size=16, lr=0.3, seed=9)] * K
-    runs.fit_many(out, step, ds, [s[:20] for s in subsets], cfgs2, strategy="vmap",
+    fit_many(out, step, ds, [s[:20] for s in subsets], cfgs2, strategy="vmap",
                   progress=False)
-    runs.fit_many(out, step, ds, subsets, cfgs2, strategy="vmap", progress=False,
+    fit_many(out, step, ds, subsets, cfgs2, strategy="vmap", progress=False,
                   scan_epoch=True)
     n_scan = len(traces)
-    runs.fit_many(out, step, ds, subsets, cfgs, strategy="vmap", progress=False, scan_epoch=True)
+    fit_many(out, step, ds, subsets, cfgs, strategy="vmap", progress=False, scan_epoch=True)
     assert len(traces) == n_scan <= first + 1
 
 
@@ -154,13 +184,17 @@ def test_auto_times_each_candidate_once_and_caches_the_pick(monkeypatch):
         return {p: {"loop": 1.0, "vmap": 3.0, "map": 0.5}[p.strategy] for p in plans}
 
     monkeypatch.setattr(runs, "_measure_plans", fake_measure)
-    monkeypatch.setattr(runs, "_AUTO_CACHE", {})
     st = runs.stack(states)
     idx = np.arange(K * 16).reshape(K, 16)
     args = (st, ds.x[idx], ds.y[idx], np.ones((K, 16), np.float32))
-    assert runs.resolve_strategy(step, *args) == runs.Plan("map")
-    assert runs.resolve_strategy(step, *args) == runs.Plan("map")
+    cache = {}
+    assert runs.resolve_strategy(step, *args, cache=cache) == runs.Plan("map")
+    assert runs.resolve_strategy(step, *args, cache=cache) == runs.Plan("map")
     assert sorted(p.strategy for p in timed) == ["loop", "map", "vmap"]
+    (calibration,) = cache.values()
+    assert calibration["timings"][runs.Plan("vmap")] == 3.0
+    assert runs.resolve_strategy(step, *args) == runs.Plan("map")  # no cache: measured again
+    assert len(timed) == 6
 
 
 def test_memory_report_counts_bytes_and_grows_with_k():
@@ -194,13 +228,12 @@ def test_memory_limit_falls_back_to_map_and_explicit_request_fails_early(monkeyp
     assert limit < need_vmap
 
     with pytest.raises(runs.RunsMemoryError, match=rf"needs {need_vmap:,} bytes.*{limit:,} are"):
-        runs.fit_many(st, step, ds, subsets, cfgs, strategy="vmap", memory_limit_bytes=limit,
+        fit_many(st, step, ds, subsets, cfgs, strategy="vmap", memory_limit_bytes=limit,
                       progress=False)
     with pytest.raises(MemoryError, match="even the loop needs"):
-        runs.fit_many(st, step, ds, subsets, cfgs, strategy="auto", memory_limit_bytes=100,
+        fit_many(st, step, ds, subsets, cfgs, strategy="auto", memory_limit_bytes=100,
                       progress=False)
 
-    monkeypatch.setattr(runs, "_AUTO_CACHE", {})
     fake = {"loop": 1.0, "map": 0.1, "vmap": 0.01}
     monkeypatch.setattr(runs, "_measure_plans",
                         lambda plans, *a: {p: fake[p.strategy] for p in plans})
@@ -210,8 +243,8 @@ def test_memory_limit_falls_back_to_map_and_explicit_request_fails_early(monkeyp
                                 map_batch_size=plan.map_batch_size) <= limit
     b = runs.largest_fitting_map_batch(step, st, x, y, w, limit)
     assert plan.map_batch_size in (b, None)
-    out, _ = runs.fit_many(st, step, ds, subsets, cfgs, memory_limit_bytes=limit, progress=False)
-    ref, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="loop", progress=False)
+    out, _ = fit_many(st, step, ds, subsets, cfgs, memory_limit_bytes=limit, progress=False)
+    ref, _ = fit_many(st, step, ds, subsets, cfgs, strategy="loop", progress=False)
     assert_trees_close(out, ref)
 
 
@@ -219,8 +252,8 @@ def test_divergence_names_the_run_and_keeps_the_epoch_start():
     ds, step, states, subsets, cfgs = setup("mlp", loss=losses.negative_cross_entropy)
     cfgs = [TrainConfig(epochs=3, batch_size=16, lr=lr, max_loss=m)
             for lr, m in ((0.01, None), (5.0, 20.0), (0.01, None))]
-    with pytest.raises(DivergenceError, match=r"run 1: loss .* max_loss=20.0") as e:
-        runs.fit_many(runs.stack(states), step, ds, subsets, cfgs, strategy="vmap",
+    with pytest.raises(DivergenceError, match=r"run 1: loss .* \(limit \|loss\| ≤ 20\)") as e:
+        fit_many(runs.stack(states), step, ds, subsets, cfgs, strategy="vmap",
                       progress=False)
     assert runs.num_runs(e.value.state) == K
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(e.value.state.params))
@@ -231,14 +264,14 @@ def test_bad_inputs_are_named():
     ds, step, states, subsets, cfgs = setup("mlp")
     st = runs.stack(states)
     with pytest.raises(ValueError, match=r"same batch_size, got \[16, 32, 16\]"):
-        runs.fit_many(st, step, ds, subsets,
+        fit_many(st, step, ds, subsets,
                       [cfgs[0], TrainConfig(epochs=2, batch_size=32), cfgs[2]], progress=False)
     with pytest.raises(ValueError, match="2 subsets for K=3"):
-        runs.fit_many(st, step, ds, subsets[:2], cfgs, progress=False)
+        fit_many(st, step, ds, subsets[:2], cfgs, progress=False)
     with pytest.raises(ValueError, match="unknown strategy 'pmap'"):
-        runs.fit_many(st, step, ds, subsets, cfgs, strategy="pmap", progress=False)
+        fit_many(st, step, ds, subsets, cfgs, strategy="pmap", progress=False)
     with pytest.raises(ValueError, match="run 1 has no examples"):
-        runs.fit_many(st, step, ds, [subsets[0], [], subsets[2]], cfgs, progress=False)
+        fit_many(st, step, ds, [subsets[0], [], subsets[2]], cfgs, progress=False)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
@@ -247,18 +280,18 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from tests.test_runs import setup, K
     from unprune_jax import runs
-    from unprune_jax.train import fit
+    from unprune_jax.train import fit_many
     assert len(jax.devices()) == 8, jax.devices()
     ds, step, states, subsets, cfgs = setup("mlp")
     st = runs.stack(states)
-    ref, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="loop", progress=False)
+    ref, _ = fit_many(st, step, ds, subsets, cfgs, strategy="loop", progress=False)
     f64 = lambda a: np.asarray(a, np.float64)
     diff = lambda a, b: max(float(np.max(np.abs(f64(x) - f64(y))))
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     out = {}
     for name, mesh, scan in (("runs8_scan", runs.make_mesh(runs=8), True),
                              ("runs4_data2", runs.make_mesh(runs=4, data=2), False)):
-        got, _ = runs.fit_many(st, step, ds, subsets, cfgs, strategy="shard", mesh=mesh,
+        got, _ = fit_many(st, step, ds, subsets, cfgs, strategy="shard", mesh=mesh,
                                progress=False, scan_epoch=scan)
         out[name] = [diff(got, ref), runs.num_runs(got),
                      len(got.params["head"]["kernel"].sharding.device_set)]

@@ -42,14 +42,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import optim
-from .data import Dataset, batch_indices
-from .train import DivergenceError, TrainConfig, TrainState, epoch_order
+from .registry import unknown_name_error
 
 PyTree = Any
 StepFn = Callable[..., tuple[Any, dict]]
 
 STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
 _CONCRETE = ("vmap", "map", "loop", "shard")
+
+
+def unknown_strategy(name) -> ValueError:
+    return unknown_name_error("strategy", name, STRATEGIES)
 
 
 # --- stacking -------------------------------------------------------------------------------------
@@ -143,11 +146,11 @@ def make_mesh(runs: int | None = None, data: int = 1, devices=None) -> Mesh:
                 axis_types=(jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto))
 
 
-def _axis(mesh: Mesh, name: str) -> int:
+def axis_size(mesh: Mesh, name: str) -> int:
     return int(dict(mesh.shape).get(name, 1))
 
 
-def _check_mesh(mesh: Mesh) -> None:
+def check_mesh(mesh: Mesh) -> None:
     if not isinstance(mesh, Mesh) or "runs" not in mesh.axis_names:
         raise ValueError(f"strategy 'shard' needs a jax.sharding.Mesh with a 'runs' axis "
                          f"(see make_mesh), got {mesh!r}")
@@ -172,9 +175,9 @@ def make_data_parallel_step(step_fn: StepFn, mesh: Mesh):
     jitted = jax.jit(step, in_shardings=(rep, dat, dat, dat, rep), out_shardings=(rep, rep))
 
     def call(state, x, y, w, extra=None):
-        if np.shape(x)[0] % _axis(mesh, "data"):
+        if np.shape(x)[0] % axis_size(mesh, "data"):
             raise ValueError(f"batch size {np.shape(x)[0]} is not divisible by the mesh's data "
-                             f"axis ({_axis(mesh, 'data')} devices)")
+                             f"axis ({axis_size(mesh, 'data')} devices)")
         return jitted(state, x, y, w, {} if extra is None else extra)
 
     return call
@@ -241,16 +244,16 @@ def make_k_step(step_fn: StepFn, strategy: str, map_batch_size: int | None = Non
         return lambda states, x, y, w, extra=None: jitted(states, x, y, w,
                                                           {} if extra is None else extra)
     if strategy == "shard":
-        _check_mesh(mesh)
+        check_mesh(mesh)
         runs, batch, metrics = _shardings(mesh, scan=False)
         jitted = jax.jit(jax.vmap(step_fn), in_shardings=(runs, batch, batch, batch, runs),
                          out_shardings=(runs, metrics))
 
         def sharded(states, x, y, w, extra=None):
             k = num_runs(states)
-            if k % _axis(mesh, "runs"):
+            if k % axis_size(mesh, "runs"):
                 raise ValueError(f"strategy 'shard': K={k} runs is not divisible by the mesh's "
-                                 f"runs axis ({_axis(mesh, 'runs')}); fit_many pads with no-op "
+                                 f"runs axis ({axis_size(mesh, 'runs')}); fit_many pads with no-op "
                                  "runs, a direct caller must pad")
             return jitted(states, x, y, w, {} if extra is None else extra)
         return sharded
@@ -346,57 +349,55 @@ def _abstract(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
 
-def strategy_memory(step_fn: StepFn, strategy: str, states, x, y, w, *,
+def strategy_memory(step_fn: StepFn, strategy: str, states, x, y, w, extra=None, *,
                     map_batch_size: int | None = None, mesh: Mesh | None = None) -> int:
     """Bytes one K-run step of ``strategy`` needs on a device, for stacked inputs of these shapes.
 
     For ``"loop"``: one run's step plus the other K−1 states held on the device meanwhile.
+    Compiling for the analysis is the expensive part: the last 64 answers are kept.
     """
-    states, x, y, w = (_abstract(t) for t in (states, x, y, w))
-    leaves, treedef = jax.tree.flatten((states, x, y, w))
-    key = (step_fn, strategy, map_batch_size if strategy == "map" else None, mesh, treedef,
-           tuple((a.shape, str(a.dtype)) for a in leaves))
-    if key not in _NEED_CACHE:  # compiling for the analysis is the expensive part
-        _NEED_CACHE[key] = _strategy_memory(step_fn, strategy, states, x, y, w, map_batch_size,
-                                            mesh)
-    return _NEED_CACHE[key]
+    leaves, treedef = jax.tree.flatten(_abstract((states, x, y, w, extra or {})))
+    return _strategy_memory(step_fn, strategy, map_batch_size if strategy == "map" else None,
+                            mesh, treedef, tuple(leaves))
 
 
-_NEED_CACHE: dict[tuple, int] = {}
-
-
-def _strategy_memory(step_fn, strategy, states, x, y, w, map_batch_size, mesh) -> int:
+@functools.lru_cache(maxsize=64)
+def _strategy_memory(step_fn, strategy, map_batch_size, mesh, treedef, leaves) -> int:
+    states, x, y, w, extra = jax.tree.unflatten(treedef, leaves)
     k = num_runs(states)
     if strategy == "loop":
-        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (states, x, y, w))
-        single = memory_report(step_fn, *one, {})["needed"]
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                           (states, x, y, w, extra))
+        single = memory_report(step_fn, *one)["needed"]
         return single + (k - 1) * tree_bytes(one[0])
     if strategy == "shard":
-        _check_mesh(mesh)
+        check_mesh(mesh)
         runs, batch, metrics = _shardings(mesh, scan=False)
         fn = jax.jit(jax.vmap(step_fn), in_shardings=(runs, batch, batch, batch, runs),
                      out_shardings=(runs, metrics))
-        return memory_report(fn, states, x, y, w, {})["needed"]
+        return memory_report(fn, states, x, y, w, extra)["needed"]
     return memory_report(jax.jit(_k_body(step_fn, strategy, map_batch_size)), states, x, y, w,
-                         {})["needed"]
+                         extra)["needed"]
 
 
-def largest_fitting_map_batch(step_fn: StepFn, states, x, y, w, limit: int) -> int | None:
+def largest_fitting_map_batch(step_fn: StepFn, states, x, y, w, limit: int,
+                              extra=None) -> int | None:
     """The largest ``b`` in [1, K) with ``lax.map(batch_size=b)`` within ``limit`` bytes, else None.
 
     Interpolates linearly between the measured needs of ``b = 1`` and ``b = K`` (vmap), then
     confirms with the compiled analysis, stepping down until it fits.
     """
     k = num_runs(states)
-    need1 = strategy_memory(step_fn, "map", states, x, y, w, map_batch_size=1)
+    need1 = strategy_memory(step_fn, "map", states, x, y, w, extra, map_batch_size=1)
     if need1 > limit:
         return None
     if k <= 2:
         return 1
-    needk = strategy_memory(step_fn, "vmap", states, x, y, w)
+    needk = strategy_memory(step_fn, "vmap", states, x, y, w, extra)
     per_run = max((needk - need1) / (k - 1), 1.0)
     b = int(min(k - 1, max(1, 1 + (limit - need1) // per_run)))
-    while b > 1 and strategy_memory(step_fn, "map", states, x, y, w, map_batch_size=b) > limit:
+    while b > 1 and strategy_memory(step_fn, "map", states, x, y, w, extra,
+                                    map_batch_size=b) > limit:
         b -= 1
     return b
 
@@ -432,17 +433,13 @@ def choose_strategy(timings: dict[Plan, float], margin: float = 0.05) -> Plan:
     return best if timings[best] <= (1.0 - margin) * base else loop[0]
 
 
-def _plan_call(plan: Plan, step_fn, states, x, y, w, mesh) -> Callable[[], Any]:
+def _plan_call(plan: Plan, step_fn, states, x, y, w, extra, mesh) -> Callable[[], Any]:
     """A no-argument function running one K-run step of ``plan`` on these inputs."""
-    if plan.strategy == "loop":
-        singles = unstack(states)
-        xs, ys, ws = (list(a) for a in (x, y, w))
-        return lambda: [step_fn(s, xs[k], ys[k], ws[k], {}) for k, s in enumerate(singles)]
-    fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
-    return lambda: fn(states, x, y, w, {})
+    carrier = unstack(states) if plan.strategy == "loop" else states
+    return lambda: k_call(plan, step_fn, mesh, carrier, x, y, w, extra)
 
 
-def _measure_plans(plans: Sequence[Plan], step_fn, states, x, y, w, mesh,
+def _measure_plans(plans: Sequence[Plan], step_fn, states, x, y, w, extra, mesh,
                    rounds: int = 3) -> dict[Plan, float]:
     """Seconds per K-run step of each plan on these inputs: best of ``rounds`` after compiling.
 
@@ -451,7 +448,7 @@ def _measure_plans(plans: Sequence[Plan], step_fn, states, x, y, w, mesh,
     3× the loop's is not timed again: it has lost (on a 2-core CPU, ``map`` of the small CNN is
     ~50× slower than the loop, and each of its steps takes seconds).
     """
-    calls = {p: _plan_call(p, step_fn, states, x, y, w, mesh) for p in plans}
+    calls = {p: _plan_call(p, step_fn, states, x, y, w, extra, mesh) for p in plans}
     for call in calls.values():
         jax.block_until_ready(call())  # compile and warm up
     best = {p: float("inf") for p in plans}
@@ -466,33 +463,35 @@ def _measure_plans(plans: Sequence[Plan], step_fn, states, x, y, w, mesh,
     return best
 
 
-_AUTO_CACHE: dict[tuple, Plan] = {}
-#: What ``auto`` measured, per cache key: seconds per K-run step of each candidate plan.
-CALIBRATIONS: dict[tuple, dict[Plan, float]] = {}
-
-
-def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto",
+def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: str = "auto",
                      map_batch_size: int | None = None, mesh: Mesh | None = None,
-                     memory_limit_bytes: int | None = None, rounds: int = 3) -> Plan:
+                     memory_limit_bytes: int | None = None, rounds: int = 3,
+                     cache: dict | None = None) -> Plan:
     """The plan for stacked inputs of these shapes: ``strategy`` checked against memory, or chosen.
 
-    For an explicit strategy, checks (if a limit is known) that it fits. For ``"auto"``: drops the
-    candidates that do not fit (replacing ``vmap`` by ``map`` with the largest fitting batch size),
-    times the rest on these inputs (:func:`_measure_plans`) and takes :func:`choose_strategy`'s
-    pick, cached per (backend, step, shapes and dtypes, K, mesh, limit).
+    For an explicit strategy, checks (if a limit is known) that it fits. For ``"auto"``: one run
+    is the loop (nothing to batch); for K > 1 it drops the candidates that do not fit (replacing
+    ``vmap`` by ``map`` with the largest fitting batch size), times the rest on these inputs
+    (:func:`_measure_plans`) and takes :func:`choose_strategy`'s pick.
+
+    Args:
+        extra: the step's K-run ``extra`` for this batch (leaves with a leading K axis).
+        cache: where to keep the picks and timings per (backend, step, shapes and dtypes, K,
+            mesh, limit), e.g. a ``train.Trainer``'s ``calibrations``; None: measure every time.
 
     Raises:
         RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
             than ``memory_limit_bytes``; the message says how many are needed and available.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        raise unknown_strategy(strategy)
     _check_map_batch_size(map_batch_size)
+    extra = {} if extra is None else extra
     limit = memory_limit_bytes
     k = num_runs(states)
 
     def need(plan: Plan) -> int:
-        return strategy_memory(step_fn, plan.strategy, states, x, y, w,
+        return strategy_memory(step_fn, plan.strategy, states, x, y, w, extra,
                                map_batch_size=plan.map_batch_size, mesh=mesh)
 
     if strategy != "auto":
@@ -506,15 +505,15 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
                     "a batch size that fits) or a smaller map_batch_size", needed, limit)
         return plan
 
-    if k == 1 and limit is None:
+    if k == 1:
         return Plan("loop")  # one run: nothing to batch, the loop is the single-run step itself
-    key = (jax.default_backend(), step_fn, str(jax.tree.map(lambda a: (np.shape(a), str(a.dtype)),
-                                                           (states, x, y, w))),
+    key = (jax.default_backend(), step_fn,
+           str(jax.tree.map(lambda a: (np.shape(a), str(a.dtype)), (states, x, y, w, extra))),
            k, mesh, limit, map_batch_size)
-    if key in _AUTO_CACHE:
-        return _AUTO_CACHE[key]
+    if cache is not None and key in cache:
+        return cache[key]["plan"]
     candidates = [Plan("loop"), Plan("vmap"), Plan("map", map_batch_size)]
-    if mesh is not None and _axis(mesh, "runs") > 1 and k % _axis(mesh, "runs") == 0:
+    if mesh is not None and axis_size(mesh, "runs") > 1 and k % axis_size(mesh, "runs") == 0:
         candidates.append(Plan("shard"))
     if limit is not None:
         fitting = []
@@ -522,7 +521,7 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
             if need(plan) <= limit:
                 fitting.append(plan)
             elif plan.strategy == "vmap":
-                b = largest_fitting_map_batch(step_fn, states, x, y, w, limit)
+                b = largest_fitting_map_batch(step_fn, states, x, y, w, limit, extra)
                 if b is not None:
                     fitting.append(Plan("map", b))
         if not any(p.strategy == "loop" for p in fitting):
@@ -531,198 +530,36 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
                 f"K={k} runs do not fit: even the loop needs {needed:,} bytes of device memory but "
                 f"{limit:,} are available; run fewer runs at once", needed, limit)
         candidates = list(dict.fromkeys(fitting))
-    timings = _measure_plans(candidates, step_fn, states, x, y, w, mesh, rounds)
-    CALIBRATIONS[key] = timings
+    timings = _measure_plans(candidates, step_fn, states, x, y, w, extra, mesh, rounds)
     plan = choose_strategy(timings)
-    _AUTO_CACHE[key] = plan
+    if cache is not None:
+        cache[key] = {"plan": plan, "timings": timings}
     return plan
 
 
-# --- fit_many -------------------------------------------------------------------------------------
+# --- running epochs (used by train.Trainer.run_epochs) --------------------------------------------
 
 
-def _check_cfgs(cfgs, k: int) -> list[TrainConfig]:
-    cfgs = [cfgs] * k if isinstance(cfgs, TrainConfig) else list(cfgs)
-    if len(cfgs) != k:
-        raise ValueError(f"fit_many: {len(cfgs)} configs for K={k} runs")
-    for field in ("epochs", "batch_size"):
-        values = [getattr(c, field) for c in cfgs]
-        if len(set(values)) > 1:
-            raise ValueError(f"fit_many: every run needs the same {field}, got {values}")
-    return cfgs
+def pad_runs(tree: PyTree, k_pad: int) -> PyTree:
+    """Pads a stacked tree to ``k_pad`` runs with copies of run 0 (no-op runs: fed zero weights)."""
+    if not jax.tree.leaves(tree):
+        return tree
+    k = num_runs(tree)
+    if k_pad == k:
+        return tree
+    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], k_pad - k, axis=0)]),
+                        tree)
 
 
-def _epoch_batches(subsets, cfgs, epoch, order_pool, k_pad):
-    """Per-run batches of one epoch, padded to a common count: idx, w of shape (nb, K_pad, B)."""
-    per_run = [batch_indices(epoch_order(s, c.seed, epoch, order_pool), c.batch_size, 0,
-                             shuffle=False) for s, c in zip(subsets, cfgs)]
-    nb = max(i.shape[0] for i, _ in per_run)
-    bsz = cfgs[0].batch_size
-    idx = np.zeros((nb, k_pad, bsz), np.int32)
-    w = np.zeros((nb, k_pad, bsz), np.float32)
-    for k, (i, wk) in enumerate(per_run):
-        # Extra batches of weight 0 are no-ops in the step, so a short run stays what fit gives.
-        idx[: len(i), k], w[: len(i), k] = i, wk
-        idx[len(i):, k] = i[0, 0]
-    return idx, w
+def set_lr(carrier, lrs: np.ndarray, plan: Plan):
+    """Writes per-run learning rates into the carrier (a list of states for the loop)."""
+    if plan.strategy == "loop":
+        return [s.replace(opt_state=optim.set_hyperparams(s.opt_state, learning_rate=lr))
+                for s, lr in zip(carrier, lrs[: len(carrier)])]
+    return carrier.replace(opt_state=optim.set_hyperparams(carrier.opt_state, learning_rate=lrs))
 
 
-def fit_many(
-    states: TrainState,
-    step_fn: StepFn,
-    dataset: Dataset,
-    subsets: Sequence[np.ndarray],
-    cfgs: TrainConfig | Sequence[TrainConfig],
-    *,
-    order_pool=None,
-    strategy: str = "auto",
-    map_batch_size: int | None = None,
-    mesh: Mesh | None = None,
-    labels=None,
-    progress: bool = True,
-    desc: str = "train",
-    memory_limit_bytes: int | None | str = "device",
-    scan_epoch: bool = False,
-    start_epoch: int = 0,
-) -> tuple[TrainState, list[list[dict]]]:
-    """Trains K stacked runs at once; run k equals :func:`train.fit` of that run alone.
-
-    Per run, epoch e visits ``train.epoch_order(subsets[k], cfgs[k].seed, e, order_pool)`` in
-    batches from ``data.batch_indices``, exactly as ``fit``; runs with fewer batches get
-    zero-weight batches (no-ops in the step). Momentum, weight decay and the learning-rate
-    schedule are set per run in the stacked optimizer state.
-
-    Args:
-        states: stacked ``TrainState`` (every leaf with leading axis K), see :func:`stack`.
-        step_fn: single-run step from :func:`train.make_train_step`.
-        dataset: the pool.
-        subsets: K arrays of pool indices to train on (sizes may differ, none empty).
-        cfgs: one config for all, or K; ``epochs`` and ``batch_size`` must agree, seed, lr,
-            momentum, weight decay, milestones, gamma, max_loss may differ.
-        order_pool: see :func:`train.epoch_order` (shared by all runs).
-        strategy: ``"auto"``, ``"vmap"``, ``"map"``, ``"loop"`` or ``"shard"`` (module docstring).
-        map_batch_size: runs vmapped at a time under ``"map"`` (None: one at a time).
-        mesh: for ``"shard"`` (default: :func:`make_mesh` over all devices); under ``"auto"``,
-            ``"shard"`` is a candidate only when a mesh is given.
-        labels: labels for every pool example instead of ``dataset.y``, or ``epoch -> labels``;
-            shared by all runs.
-        progress: show a tqdm bar.
-        desc: label for the bar and error messages.
-        memory_limit_bytes: device memory limit for the memory check and ``auto``'s fallback;
-            ``"device"`` (default): the device's ``bytes_limit`` where reported, else no check.
-        start_epoch: schedule epoch to start at, as in :func:`train.fit` (learning-rate rewinding,
-            SFP's one-epoch calls).
-        scan_epoch: run each epoch as one compiled ``lax.scan`` with the pool on the device (no
-            host round-trip inside an epoch). Pays off when the step is launch-bound (an MLP,
-            small models on GPU/TPU); see docs/runs.md for what it did on a 2-core CPU.
-
-    Returns:
-        ``(states, histories)``: the stacked final states and, per run, one dict per epoch
-        (epoch, lr, loss, acc, seconds; ``seconds`` is the wall time of the epoch for all K).
-
-    Raises:
-        ValueError: inconsistent inputs (the message names the offending value).
-        RunsMemoryError: the explicit strategy does not fit ``memory_limit_bytes``.
-        DivergenceError: a run's loss became non-finite or exceeded its ``max_loss``; the
-            message names the run, ``.state`` holds all K stacked states at the start of that
-            epoch and ``.history`` the K histories so far.
-    """
-    k = num_runs(states)
-    subsets = [np.asarray(s) for s in subsets]
-    if len(subsets) != k:
-        raise ValueError(f"fit_many: {len(subsets)} subsets for K={k} stacked runs")
-    for i, s in enumerate(subsets):
-        if s.size == 0:
-            raise ValueError(f"{desc}: run {i} has no examples to train on")
-    cfgs = _check_cfgs(cfgs, k)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    _check_map_batch_size(map_batch_size)
-    if memory_limit_bytes == "device":
-        memory_limit_bytes = default_memory_limit()
-    if strategy == "shard" and mesh is None:
-        mesh = make_mesh()
-    if mesh is not None:
-        _check_mesh(mesh)
-    bsz, epochs = cfgs[0].batch_size, cfgs[0].epochs
-    if mesh is not None and bsz % _axis(mesh, "data"):
-        raise ValueError(f"batch_size {bsz} is not divisible by the mesh's data axis "
-                         f"({_axis(mesh, 'data')} devices)")
-
-    states = states.replace(opt_state=optim.set_hyperparams(
-        states.opt_state,
-        momentum=np.array([c.momentum for c in cfgs], np.float32),
-        weight_decay=np.array([c.weight_decay for c in cfgs], np.float32)))
-    histories: list[list[dict]] = [[] for _ in range(k)]
-    if epochs == 0:
-        return states, histories
-
-    # 'shard' pads K up to a multiple of the runs axis with copies of run 0 fed zero weights
-    # (auto offers 'shard' only when K is already a multiple).
-    k_pad = k
-    if strategy == "shard":
-        r = _axis(mesh, "runs")
-        k_pad = -(-k // r) * r
-        if k_pad > k:
-            states = jax.tree.map(
-                lambda a: jnp.concatenate([a, jnp.repeat(a[:1], k_pad - k, axis=0)]), states)
-    y_static = dataset.y if labels is None or callable(labels) else np.asarray(labels)
-    probe_idx, probe_w = _epoch_batches(subsets, cfgs, start_epoch, order_pool, k_pad)
-    plan = resolve_strategy(
-        step_fn, states, dataset.x[probe_idx[0]], y_static[probe_idx[0]], probe_w[0],
-        strategy=strategy, map_batch_size=map_batch_size, mesh=mesh,
-        memory_limit_bytes=memory_limit_bytes)
-    carrier = unstack(states) if plan.strategy == "loop" else states
-    if scan_epoch:
-        pool_x = jnp.asarray(dataset.x)
-        if plan.strategy == "shard":
-            pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
-    last = start_epoch + epochs
-    for epoch in range(start_epoch, last):
-        lrs = [optim.multistep_lr(c.lr, epoch, c.milestones, c.gamma) for c in cfgs]
-        lr_arr = np.array(lrs + [lrs[0]] * (k_pad - k), np.float32)
-        if plan.strategy == "loop":
-            carrier = [s.replace(opt_state=optim.set_hyperparams(s.opt_state, learning_rate=lr))
-                       for s, lr in zip(carrier, lrs)]
-        else:
-            carrier = carrier.replace(opt_state=optim.set_hyperparams(carrier.opt_state,
-                                                                      learning_rate=lr_arr))
-        good = carrier
-        y_all = labels(epoch) if callable(labels) else y_static
-        idx, w = _epoch_batches(subsets, cfgs, epoch, order_pool, k_pad)
-        t0 = time.perf_counter()
-        if scan_epoch:
-            carrier, metrics = _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x,
-                                                  jnp.asarray(y_all), idx, w, progress,
-                                                  f"{desc} {epoch + 1}/{last}")
-        else:
-            carrier, metrics = _run_epoch(plan, step_fn, mesh, carrier, dataset.x, y_all, idx, w,
-                                          progress, f"{desc} {epoch + 1}/{last}")
-        seconds = time.perf_counter() - t0
-        loss, weight, correct = (metrics[n][:, :k] for n in ("loss", "weight", "correct"))
-        real = weight > 0
-        failure = None
-        for r in range(k):
-            total = weight[:, r].sum()
-            histories[r].append({
-                "epoch": epoch + 1, "lr": lrs[r],
-                "loss": float(np.where(real[:, r], loss[:, r] * weight[:, r], 0.0).sum() / total),
-                "acc": float(correct[:, r].sum() / total), "seconds": seconds,
-            })
-            bad = real[:, r] & ~np.isfinite(loss[:, r])
-            if cfgs[r].max_loss is not None:
-                bad |= real[:, r] & (np.abs(loss[:, r]) > cfgs[r].max_loss)
-            if bad.any() and failure is None:
-                b = int(np.argmax(bad))
-                failure = (f"{desc}: run {r}: loss {loss[b, r]!r} at epoch {epoch + 1}, batch "
-                           f"{b + 1} (limit max_loss={cfgs[r].max_loss}); kept the states from "
-                           "the start of that epoch")
-        if failure is not None:
-            raise DivergenceError(failure, _finish(good, plan, k), histories)
-    return _finish(carrier, plan, k), histories
-
-
-def _finish(carrier, plan: Plan, k: int):
+def finish(carrier, plan: Plan, k: int):
     """The stacked states of the K real runs (drops padding runs, restacks the loop's list)."""
     if plan.strategy == "loop":
         return stack(carrier)
@@ -731,31 +568,46 @@ def _finish(carrier, plan: Plan, k: int):
     return carrier
 
 
-def _run_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, progress, label):
-    """One epoch, one dispatch per batch (per run and batch for the loop); metrics (nb, K)."""
+def k_call(plan: Plan, step_fn, mesh, carrier, x, y, w, extra):
+    """One K-run step of ``plan``; metrics leaves ``(K,)``."""
+    if plan.strategy == "loop":
+        out = [step_fn(s, x[r], y[r], w[r], jax.tree.map(lambda a, r=r: a[r], extra))
+               for r, s in enumerate(carrier)]
+        return [o[0] for o in out], jax.tree.map(lambda *m: jnp.stack(m), *[o[1] for o in out])
+    return make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)(carrier, x, y, w, extra)
+
+
+def run_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, extra_at, progress, label):
+    """One epoch, one dispatch per batch (per run and batch for the loop); metrics (nb, K).
+
+    ``idx``, ``w``: ``(num_batches, K, B)``; ``extra_at(i)``: batch i's K-run ``extra``.
+    """
     out = []
     bar = tqdm(range(idx.shape[0]), desc=label, disable=not progress, leave=False, unit="batch")
     if plan.strategy == "loop":
         carrier = list(carrier)  # the caller keeps the epoch's starting list
         for b in bar:
-            row = []
+            extra, row = extra_at(b), []
             for r, s in enumerate(carrier):
-                carrier[r], m = step_fn(s, x_pool[idx[b, r]], y_pool[idx[b, r]], w[b, r], {})
+                carrier[r], m = step_fn(s, x_pool[idx[b, r]], y_pool[idx[b, r]], w[b, r],
+                                        jax.tree.map(lambda a, r=r: a[r], extra))
                 row.append(m)
             out.append(row)
         out = jax.device_get(out)
-        metrics = {n: np.array([[m[n] for m in row] for row in out]) for n in out[0][0]}
-        return carrier, metrics
+        return carrier, {n: np.array([[m[n] for m in row] for row in out]) for n in out[0][0]}
     fn = make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)
     for b in bar:
-        carrier, m = fn(carrier, x_pool[idx[b]], y_pool[idx[b]], w[b], {})
+        carrier, m = fn(carrier, x_pool[idx[b]], y_pool[idx[b]], w[b], extra_at(b))
         out.append(m)
     out = jax.device_get(out)
     return carrier, {n: np.stack([m[n] for m in out]) for n in out[0]}
 
 
-def _run_scanned_epoch(plan, step_fn, mesh, carrier, pool_x, pool_y, idx, w, progress, label):
+def run_scanned_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, progress, label):
     """One epoch as one compiled scan per dispatch (per run for the loop); metrics (nb, K)."""
+    pool_x, pool_y = jnp.asarray(x_pool), jnp.asarray(y_pool)
+    if plan.strategy == "shard":
+        pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
     if plan.strategy == "loop":
         fn = _single_epoch(step_fn)
         carrier, out = list(carrier), []

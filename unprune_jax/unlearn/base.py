@@ -2,8 +2,14 @@
 
 A method is ``method(state, task, cfg) -> (state, metrics)``: ``state`` is the trained sparse model
 (its mask is kept: every step is masked), ``task`` says what to forget and holds the model's
-``apply_fn``, the optimizer and θ_0, ``cfg`` is a :class:`~unprune_jax.train.TrainConfig` with the
-method's epochs, learning rate and so on. Un-pruning takes any registered method by name.
+``apply_fn``, the optimizer, θ_0 and the trainer that runs its loops, ``cfg`` is a
+:class:`~unprune_jax.train.TrainConfig` with the method's epochs, learning rate and so on.
+Un-pruning takes any registered method by name.
+
+K runs of one method on one task (the S seeds of a candidate) are K stacked states
+(``runs.stack``; a stacked state has ``step`` of shape ``(K,)``). A method registered with
+``batched=True`` takes them as they are and trains them through ``trainer.fit_many`` in one loop;
+:func:`run` runs any other method once per run, one after the other, and says so in its metrics.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from ..registry import unknown_name_error
 from ..data import Dataset
-from ..train import DivergenceError, TrainConfig, TrainState, fit, make_train_step
+from .. import runs
+from ..train import DivergenceError, TrainConfig, Trainer, TrainState, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +38,8 @@ class UnlearnTask:
         retain: pool indices of D_r.
         forget: pool indices of D_f.
         init: the state at θ_0 (initial weights and model state), for methods that restart.
-        progress: show progress bars.
+        progress: show progress bars (the default trainer's setting).
+        trainer: runs every training loop of the method (default ``Trainer(progress=progress)``).
     """
 
     apply_fn: Callable
@@ -40,8 +49,11 @@ class UnlearnTask:
     forget: np.ndarray
     init: TrainState
     progress: bool = True
+    trainer: Trainer | None = None
 
     def __post_init__(self):
+        if self.trainer is None:
+            object.__setattr__(self, "trainer", Trainer(progress=self.progress))
         if np.asarray(self.forget).size == 0:
             raise ValueError("the forget set is empty: nothing to unlearn")
         if np.asarray(self.retain).size == 0:
@@ -56,16 +68,18 @@ class Entry:
     fn: Method
     defaults: TrainConfig
     description: str
+    batched: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, defaults: TrainConfig, description: str):
-    """Decorator adding a method to the registry under ``name``."""
+def register(name: str, defaults: TrainConfig, description: str, *, batched: bool = False):
+    """Decorator adding a method to the registry under ``name``; ``batched``: it takes K stacked
+    states (see the module docstring)."""
 
     def wrap(fn: Method) -> Method:
-        REGISTRY[name] = Entry(fn, defaults, description)
+        REGISTRY[name] = Entry(fn, defaults, description, batched)
         return fn
 
     return wrap
@@ -77,6 +91,11 @@ def get(name: str) -> Entry:
         # method names are short (GA, FT, RL): a low cutoff still finds GA for GAA
         raise unknown_name_error("unlearning method", name, REGISTRY, cutoff=0.3)
     return REGISTRY[name]
+
+
+def is_stacked(state: TrainState) -> bool:
+    """Whether ``state`` holds K stacked runs (``step`` of shape ``(K,)``) rather than one."""
+    return np.ndim(state.step) == 1
 
 
 def run(
@@ -92,6 +111,11 @@ def run(
     A plain ``TrainConfig`` for a method with its own config class sets the shared fields (epochs,
     lr, ...) and leaves the method's own settings at their defaults.
 
+    ``state`` may be K stacked runs (see the module docstring); metrics are then
+    ``{'runs': [metrics of run k], 'batched': bool, 'seconds': ...}``. A batched loop stops all K
+    runs when one diverges; the K runs are then redone one by one, so only the diverging run
+    reports it.
+
     On divergence (see ``train.DivergenceError``), ``on_divergence='raise'`` re-raises and
     ``'keep_last_good'`` returns the last good state with the error text in ``metrics['diverged']``.
     """
@@ -104,23 +128,66 @@ def run(
         cfg = type(entry.defaults)(**{**dataclasses.asdict(entry.defaults),
                                       **dataclasses.asdict(cfg)})
     t0 = time.perf_counter()
+    if is_stacked(state):
+        k = runs.num_runs(state)
+        if entry.batched:
+            try:
+                state, metrics = entry.fn(state, task, cfg)
+                per_run = [{key: (v[r] if key in metrics.get("per_run", ()) else v)
+                            for key, v in metrics.items() if key != "per_run"} for r in range(k)]
+                return state, {"runs": per_run, "batched": True,
+                               "seconds": time.perf_counter() - t0}
+            except DivergenceError:
+                pass  # redo run by run below: only the diverging run keeps its last good state
+        outs = [run(name, s, task, cfg, on_divergence=on_divergence) for s in runs.unstack(state)]
+        return runs.stack([o[0] for o in outs]), {
+            "runs": [o[1] for o in outs], "batched": False, "seconds": time.perf_counter() - t0}
     try:
         state, metrics = entry.fn(state, task, cfg)
     except DivergenceError as e:
         if on_divergence == "raise":
             raise
         state, metrics = e.state, {"history": e.history, "diverged": str(e)}
+    metrics.pop("per_run", None)
     return state, {**metrics, "seconds": time.perf_counter() - t0}
 
 
 def train_on(state, task, cfg, indices, loss_fn, desc, *, clip_norm=None, **fit_kwargs):
-    """Fresh optimizer state, then ``cfg.epochs`` epochs of ``loss_fn`` over ``indices``.
+    """Fresh optimizer state, then ``cfg.epochs`` epochs of ``loss_fn`` over ``indices``, through
+    ``task.trainer``: one run, or K stacked runs in one loop.
 
-    ``fit_kwargs`` go to ``train.fit`` (``labels``, ``extras``, ``constants``).
+    ``fit_kwargs`` go to ``Trainer.fit`` / ``Trainer.fit_many`` (``labels``, ``extras``,
+    ``constants``; for K runs with a leading K axis on every leaf of ``extras`` and
+    ``constants``). Metrics: ``history`` (for K runs a list of K histories, named in
+    ``per_run``).
     """
     step = make_train_step(task.apply_fn, task.tx, loss_fn, clip_norm)
-    state = state.replace(opt_state=task.tx.init(state.params))
-    state, history, _ = fit(
-        state, step, task.dataset, indices, cfg, desc=desc, progress=task.progress, **fit_kwargs
-    )
+    state = state.replace(opt_state=jax.vmap(task.tx.init)(state.params) if is_stacked(state)
+                          else task.tx.init(state.params))
+    if is_stacked(state):
+        k = runs.num_runs(state)
+        state, history, _ = task.trainer.fit_many(state, step, task.dataset, [indices] * k, cfg,
+                                                  desc=desc, **fit_kwargs)
+        return state, {"history": history, "per_run": ("history",)}
+    state, history, _ = task.trainer.fit(state, step, task.dataset, indices, cfg, desc=desc,
+                                         **fit_kwargs)
     return state, {"history": history}
+
+
+def lift(tree, k: int):
+    """A tree shared by K runs, with a leading K axis on every leaf (for ``fit_many``'s per-run
+    ``constants`` and ``extras``)."""
+    return jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (k, *np.shape(a))), tree)
+
+
+def per_run(fn: Callable, tree, state: TrainState):
+    """``fn(tree)`` for one run; for K stacked runs (``state`` stacked) ``fn`` of each run's
+    slice of ``tree``, stacked again."""
+    if not is_stacked(state):
+        return fn(tree)
+    return runs.stack([fn(t) for t in runs.unstack(tree)])
+
+
+def lift_for(state: TrainState, tree):
+    """``tree`` as it is for one run; with a leading K axis (:func:`lift`) for K stacked runs."""
+    return lift(tree, runs.num_runs(state)) if is_stacked(state) else tree

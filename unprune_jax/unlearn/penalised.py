@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import losses, optim
+from .. import losses, runs
 from ..data import batch_indices
-from ..train import DivergenceError, TrainConfig, epoch_order, make_train_step
-from .base import register, train_on
+from ..train import Batches, DivergenceError, TrainConfig, epoch_order, make_train_step, single_run
+from .base import is_stacked, lift_for, register, train_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +35,11 @@ def l1_weight(alpha: float, epoch: int, epochs: int) -> float:
 
 
 @register("l1-sparse", L1Config(epochs=2, lr=0.01),
-          "fine-tune on D_r with a linearly decaying ℓ1 penalty α·(1 − e/T)·‖θ ⊙ M‖₁")
+          "fine-tune on D_r with a linearly decaying ℓ1 penalty α·(1 − e/T)·‖θ ⊙ M‖₁",
+          batched=True)
 def l1_sparse(state, task, cfg):
     def constants(epoch):
-        return {"l1": jnp.float32(l1_weight(cfg.alpha, epoch, cfg.epochs))}
+        return lift_for(state, {"l1": np.float32(l1_weight(cfg.alpha, epoch, cfg.epochs))})
 
     return train_on(state, task, cfg, task.retain, l1_penalised_ce, "l1-sparse",
                     constants=constants)
@@ -69,39 +69,35 @@ def neggrad_loss(logits, labels, weights, extra, params):
 
 
 @register("NegGrad+", NegGradConfig(epochs=2, lr=0.01, max_loss=50.0),
-          "joint steps on β·CE(D_r) − (1 − β)·CE(D_f)")
+          "joint steps on β·CE(D_r) − (1 − β)·CE(D_f)", batched=True)
 def neggrad_plus(state, task, cfg):
-    step = make_train_step(task.apply_fn, task.tx, neggrad_loss)
-    state = state.replace(opt_state=optim.set_hyperparams(
-        task.tx.init(state.params), momentum=cfg.momentum, weight_decay=cfg.weight_decay))
-    x, y = task.dataset.x, task.dataset.y
+    """Each epoch visits D_r in ``batch_size`` batches; batch b also holds the next
+    ``forget_batch`` examples of D_f, drawn from successive permutations of D_f."""
+    k = runs.num_runs(state) if is_stacked(state) else 1
     is_forget = np.concatenate([np.zeros(cfg.batch_size), np.ones(cfg.forget_batch)])
-    is_forget = is_forget.astype(np.float32)
-    history = []
-    for epoch in range(cfg.epochs):
-        lr = optim.multistep_lr(cfg.lr, epoch, cfg.milestones, cfg.gamma)
-        state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, learning_rate=lr))
-        good, t0, out = state, time.perf_counter(), []
+
+    def batches(epoch: int) -> Batches:
         r_idx, r_w = batch_indices(epoch_order(task.retain, cfg.seed, epoch), cfg.batch_size,
                                    shuffle=False)
-        # D_f's examples for this epoch's steps: successive permutations of D_f, as many as needed
         need = len(r_idx) * cfg.forget_batch
         reps = -(-need // task.forget.size)
-        f_idx = np.concatenate([epoch_order(task.forget, cfg.seed + 1, epoch * reps + k)
-                                for k in range(reps)])[:need].reshape(len(r_idx), -1)
-        f_w = np.ones(cfg.forget_batch, np.float32)
-        for b in range(len(r_idx)):
-            idx = np.concatenate([r_idx[b], f_idx[b]])
-            w = np.concatenate([r_w[b], f_w])
-            state, m = step(state, x[idx], y[idx], w,
-                            {"is_forget": is_forget, "beta": jnp.float32(cfg.beta)})
-            out.append(m)
-        loss = np.array([float(m["loss"]) for m in jax.device_get(out)])
-        history.append({"epoch": epoch + 1, "lr": lr, "loss": float(loss.mean()),
-                        "seconds": time.perf_counter() - t0})
-        bad = ~np.isfinite(loss) | (np.abs(loss) > (cfg.max_loss or np.inf))
-        if bad.any():
-            raise DivergenceError(f"NegGrad+: loss {loss[bad][0]!r} at epoch {epoch + 1} "
-                                  f"(max_loss={cfg.max_loss}); kept the state from the start of "
-                                  "that epoch", good, history)
-    return state, {"history": history}
+        f_idx = np.concatenate([epoch_order(task.forget, cfg.seed + 1, epoch * reps + j)
+                                for j in range(reps)])[:need].reshape(len(r_idx), -1)
+        idx = np.concatenate([r_idx, f_idx], axis=1)
+        w = np.concatenate([r_w, np.ones_like(f_idx, np.float32)], axis=1)
+        return Batches(np.repeat(idx[:, None], k, 1), np.repeat(w[:, None], k, 1))
+
+    step = make_train_step(task.apply_fn, task.tx, neggrad_loss)
+    one = state if is_stacked(state) else runs.stack([state])
+    one = one.replace(opt_state=jax.vmap(task.tx.init)(one.params))
+    constants = {"is_forget": np.broadcast_to(is_forget.astype(np.float32),
+                                              (k, is_forget.size)),
+                 "beta": np.full((k,), cfg.beta, np.float32)}
+    try:
+        out, history, _ = task.trainer.run_epochs(one, step, task.dataset, batches, [cfg] * k,
+                                                  constants=constants, desc="NegGrad+")
+    except DivergenceError as e:
+        raise (e if is_stacked(state) else single_run(e)) from None
+    if is_stacked(state):
+        return out, {"history": history, "per_run": ("history",)}
+    return runs.unstack(out)[0], {"history": history[0]}

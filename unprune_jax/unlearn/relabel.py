@@ -24,8 +24,8 @@ import numpy as np
 from .. import losses
 from .. import masks as masks_lib
 from ..data import batch_indices
-from ..train import TrainConfig, fit, make_train_step
-from .base import register, train_on
+from ..train import TrainConfig, make_train_step
+from .base import is_stacked, lift_for, per_run, register, train_on
 
 
 def random_wrong_labels(labels: np.ndarray, forget, num_classes: int, seed: int, epoch: int):
@@ -46,32 +46,46 @@ def _labels_fn(task, cfg):
 
 
 def _relabel_train(state, task, cfg, sequential: bool, desc: str, constants=None):
+    """RL's training: one shuffled pass over D_r ∪ D_f, or (sequential) a pass over D_f then one
+    over D_r each epoch, one optimizer state throughout. ``constants`` as ``train_on`` takes
+    them (a leading K axis for K stacked runs)."""
     labels = _labels_fn(task, cfg)
-    both = np.union1d(task.retain, task.forget)
     if not sequential:
+        both = np.union1d(task.retain, task.forget)
         return train_on(state, task, cfg, both, losses.cross_entropy, desc, labels=labels,
                         constants=constants)
-    history = []
-    step_state = state.replace(opt_state=task.tx.init(state.params))
+    history = None
     one = dataclasses.replace(cfg, epochs=1)
     step = make_train_step(task.apply_fn, task.tx, losses.cross_entropy)
+    state = state.replace(opt_state=jax.vmap(task.tx.init)(state.params) if is_stacked(state)
+                          else task.tx.init(state.params))
+    k = len(state.step) if is_stacked(state) else 1
     for epoch in range(cfg.epochs):
         for part, idx in (("forget", task.forget), ("retain", task.retain)):
-            step_state, hist, _ = fit(step_state, step, task.dataset, idx, one,
-                                      start_epoch=epoch, labels=labels, constants=constants,
-                                      desc=f"{desc} {part}", progress=task.progress)
-            history += [{**h, "phase": part} for h in hist]
-    return step_state, {"history": history}
+            kw = dict(start_epoch=epoch, labels=labels, constants=constants,
+                      desc=f"{desc} {part}")
+            if is_stacked(state):
+                state, hist, _ = task.trainer.fit_many(state, step, task.dataset, [idx] * k, one,
+                                                       **kw)
+            else:
+                state, h, _ = task.trainer.fit(state, step, task.dataset, idx, one, **kw)
+                hist = [h]
+            hist = [[{**h, "phase": part} for h in run] for run in hist]
+            history = hist if history is None else [a + b for a, b in zip(history, hist)]
+    if is_stacked(state):
+        return state, {"history": history, "per_run": ("history",)}
+    return state, {"history": history[0]}
 
 
 @register("RL", TrainConfig(epochs=2, lr=0.01),
-          "random wrong labels on D_f plus D_r, one shuffled pass (SalUn Eq. 6)")
+          "random wrong labels on D_f plus D_r, one shuffled pass (SalUn Eq. 6)", batched=True)
 def random_labels(state, task, cfg):
     return _relabel_train(state, task, cfg, sequential=False, desc="RL")
 
 
 @register("RL-seq", TrainConfig(epochs=2, lr=0.01),
-          "random wrong labels: a pass over D_f, then over D_r, each epoch (SalUn's code)")
+          "random wrong labels: a pass over D_f, then over D_r, each epoch (SalUn's code)",
+          batched=True)
 def random_labels_sequential(state, task, cfg):
     return _relabel_train(state, task, cfg, sequential=True, desc="RL-seq")
 
@@ -122,9 +136,15 @@ def saliency_mask(grads, mask, fraction: float):
 
 
 @register("SalUn", SalUnConfig(epochs=2, lr=0.01),
-          "RL on the salient weights only (top |∇ CE(D_f)|), all others frozen exactly")
+          "RL on the salient weights only (top |∇ CE(D_f)|), all others frozen exactly",
+          batched=True)
 def salun(state, task, cfg):
-    sal = saliency_mask(forget_gradient(state, task), state.mask, cfg.saliency)
+    sal = per_run(lambda s: saliency_mask(forget_gradient(s, task), s.mask, cfg.saliency),
+                  state, state)
     state, metrics = _relabel_train(state, task, cfg, cfg.sequential, "SalUn",
                                     constants={"update_mask": sal})
-    return state, {**metrics, "salient_fraction": masks_lib.density(sal)}
+    fraction = per_run(lambda m: np.float64(masks_lib.density(m)), sal, state)
+    if is_stacked(state):
+        return state, {**metrics, "salient_fraction": [float(f) for f in fraction],
+                       "per_run": ("history", "salient_fraction")}
+    return state, {**metrics, "salient_fraction": float(fraction)}

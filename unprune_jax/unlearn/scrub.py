@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from .. import losses
-from ..train import DivergenceError, TrainConfig, fit, make_train_step, predict
-from .base import register
+from ..train import DivergenceError, TrainConfig, make_train_step, predict
+from .base import is_stacked, lift_for, per_run, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,38 +113,48 @@ def teacher_logits(state, task) -> np.ndarray:
     SCRUBConfig(),
     "teacher-student: max epochs push away from the original model on D_f (first msteps epochs), "
     "min epochs keep CE and closeness to it on D_r",
+    batched=True,
 )
 def scrub(state, task, cfg):
     """Runs SCRUB; ``metrics['history']`` has one record per phase epoch, with ``phase`` 'max' or
     'min' and ``epoch`` the SCRUB epoch (1-based)."""
-    teacher = teacher_logits(state, task)
-    extras = {"teacher_logits": teacher}
-    constants = {
+    extras = {"teacher_logits": per_run(lambda s: teacher_logits(s, task), state, state)}
+    constants = lift_for(state, {
         "temperature": np.float32(cfg.temperature),
         "ce_weight": np.float32(cfg.ce_weight),
         "kl_weight": np.float32(cfg.kl_weight),
-    }
+    })
     max_step = make_train_step(task.apply_fn, task.tx, scrub_max_loss)
     min_step = make_train_step(task.apply_fn, task.tx, scrub_min_loss)
     max_cfg = dataclasses.replace(cfg, epochs=1, batch_size=cfg.forget_batch_size or cfg.batch_size)
     min_cfg = dataclasses.replace(cfg, epochs=1)
+    stacked = is_stacked(state)
+    k = len(state.step) if stacked else 1
     # One optimizer state for the whole run, shared by the max and min epochs.
-    state = state.replace(opt_state=task.tx.init(state.params))
-    history: list[dict] = []
+    state = state.replace(opt_state=jax.vmap(task.tx.init)(state.params) if stacked
+                          else task.tx.init(state.params))
+    history: list[list[dict]] = [[] for _ in range(k)]
     for epoch in range(cfg.epochs):
         phases = [("max", max_step, task.forget, max_cfg)] if epoch < cfg.msteps else []
         phases.append(("min", min_step, task.retain, min_cfg))
         for phase, step, indices, phase_cfg in phases:
+            # start_epoch=epoch: the learning rate follows cfg's schedule at SCRUB epoch
+            # `epoch`, and the data order is drawn from (seed, epoch).
+            kw = dict(start_epoch=epoch, extras=extras, constants=constants,
+                      desc=f"SCRUB {phase}")
             try:
-                # start_epoch=epoch: the learning rate follows cfg's schedule at SCRUB epoch
-                # `epoch`, and the data order is drawn from (seed, epoch).
-                state, hist, _ = fit(
-                    state, step, task.dataset, indices, phase_cfg, start_epoch=epoch,
-                    extras=extras, constants=constants, desc=f"SCRUB {phase}",
-                    progress=task.progress,
-                )
+                if stacked:
+                    state, hist, _ = task.trainer.fit_many(state, step, task.dataset,
+                                                           [indices] * k, phase_cfg, **kw)
+                else:
+                    state, h, _ = task.trainer.fit(state, step, task.dataset, indices, phase_cfg,
+                                                   **kw)
+                    hist = [h]
             except DivergenceError as e:
-                history += [{**h, "phase": phase} for h in e.history]
-                raise DivergenceError(str(e), e.state, history) from e
-            history += [{**h, "phase": phase} for h in hist]
-    return state, {"history": history}
+                hist = e.history if stacked else [e.history]
+                history = [a + [{**h, "phase": phase} for h in b] for a, b in zip(history, hist)]
+                raise DivergenceError(str(e), e.state, history if stacked else history[0]) from e
+            history = [a + [{**h, "phase": phase} for h in b] for a, b in zip(history, hist)]
+    if stacked:
+        return state, {"history": history, "per_run": ("history",)}
+    return state, {"history": history[0]}

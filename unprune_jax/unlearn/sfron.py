@@ -30,19 +30,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from .. import losses
 from .. import masks as masks_lib
-from .. import optim
+from .. import optim, runs
 from ..data import batch_indices
-from ..train import DivergenceError, TrainConfig, make_train_step
+from ..train import Batches, DivergenceError, TrainConfig, make_train_step, single_run
 from .base import register
 
 
@@ -187,19 +185,45 @@ def saliency_mask(state, task, cfg: SFRonConfig):
     return _ratio_mask(f_forget, f_retain, state.mask, np.float32(cfg.threshold))
 
 
-def _cycle(indices, batch_size: int, seed: int, stream: int):
-    """Endless fixed-shape batches ``(idx, w)``: pass k is a permutation drawn from
+def _pass_batches(indices, batch_size: int, seed: int, stream: int, k: int):
+    """Pass k over ``indices``: fixed-shape batches ``(idx, w)`` of a permutation drawn from
     (seed, stream, k)."""
-    k = 0
-    while True:
-        idx, w = batch_indices(indices, batch_size, np.random.default_rng([seed, stream, k]))
-        yield from zip(idx, w)
-        k += 1
+    return batch_indices(indices, batch_size, np.random.default_rng([seed, stream, k]))
 
 
-@jax.jit
-def _fast_slow(fast, slow, beta):
-    return jax.tree.map(lambda f, s: beta * f + (1 - beta) * s, fast, slow)
+@functools.lru_cache(maxsize=None)
+def make_sfron_step(apply_fn, tx, clip: float, ema: bool):
+    """One SFR-on iteration as one step ``(state, x, y, w, extra) -> (state, metrics)``.
+
+    ``x, y, w`` are the retain batch; ``extra`` holds the iteration's learning rate ``lr``, the
+    forget batch ``forget/x``, ``forget/y``, ``forget/w`` (all-zero weights when no forget step
+    is due: the step then skips it), ``alpha``, ``lam``, the saliency ``update_mask`` and the
+    fast–slow ``beta``. Metrics: the retain step's, and the forget step's as ``forget/...``.
+    """
+    forget_step = make_train_step(apply_fn, tx, sfron_forget_loss, clip)
+    retain_step = make_train_step(apply_fn, tx, losses.cross_entropy)
+
+    def step(state, x, y, w, extra):
+        state = state.replace(opt_state=optim.set_hyperparams(state.opt_state,
+                                                              learning_rate=extra["lr"]))
+        start = state.params
+        f_extra = {"update_mask": extra["update_mask"], "alpha": extra["alpha"],
+                   "lam": extra["lam"]}
+        fx, fy, fw = extra["forget/x"], extra["forget/y"], extra["forget/w"]
+        state, fm = jax.lax.cond(
+            jnp.sum(fw) > 0,
+            lambda s: forget_step(s, fx, fy, fw, f_extra),
+            lambda s: (s, {"loss": jnp.float32(0), "correct": jnp.float32(0),
+                           "weight": jnp.float32(0)}),
+            state)
+        state, rm = retain_step(state, x, y, w, {})
+        if ema:
+            beta = extra["beta"]
+            state = state.replace(params=jax.tree.map(lambda f, s: beta * f + (1 - beta) * s,
+                                                      state.params, start))
+        return state, {**rm, **{f"forget/{n}": v for n, v in fm.items()}}
+
+    return jax.jit(step)
 
 
 @register(
@@ -209,94 +233,63 @@ def _fast_slow(fast, slow, beta):
     "forget_freq iterations, interleaved with CE steps on D_r, cosine-decayed",
 )
 def sfron(state, task, cfg):
-    """Runs SFR-on. ``metrics['history']`` has one record per pass over D_r (and one for a final
-    partial pass): ``epoch``, ``iteration`` (iterations done), ``lr`` (the last one used),
-    ``loss``/``acc`` of the retain steps, ``forget_loss``/``forget_acc``/``forget_steps`` of the
-    forget steps in it (nan/0 when none), ``alpha`` (the last α_t), ``seconds``.
-    ``metrics['saliency_density']`` is the fraction of unpruned entries that the forget steps may
-    move.
+    """Runs SFR-on: one epoch of the trainer's loop is one pass over D_r (the last one may be
+    partial), one step of it one iteration (:func:`make_sfron_step`).
+
+    ``metrics['history']`` has one record per pass: ``epoch``, ``iteration`` (iterations done),
+    ``lr`` (the last one used), ``loss``/``acc`` of the retain steps, ``forget_loss``/
+    ``forget_acc``/``forget_steps`` of the forget steps in it (nan/0 when none), ``alpha`` (the
+    last α_t), ``seconds``. ``metrics['saliency_density']`` is the fraction of unpruned entries
+    that the forget steps may move.
 
     Raises:
-        DivergenceError: a non-finite loss or parameter (or a retain loss over ``cfg.max_loss``);
-            carries the state at the start of the failing pass.
+        DivergenceError: a non-finite loss (or a retain loss over ``cfg.max_loss``), also after
+            the last iteration; carries the state at the start of the failing pass.
     """
     dataset, T = task.dataset, cfg.iterations
-    state = state.replace(opt_state=optim.set_hyperparams(
-        task.tx.init(state.params), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-    ))
     salient = saliency_mask(state, task, cfg)
     kept = sum(int(np.sum(m)) for m in jax.device_get(jax.tree.leaves(state.mask)))
     density = sum(int(np.sum(s)) for s in jax.device_get(jax.tree.leaves(salient))) / max(kept, 1)
-
-    forget_step = make_train_step(task.apply_fn, task.tx, sfron_forget_loss, float(cfg.clip))
-    retain_step = make_train_step(task.apply_fn, task.tx, losses.cross_entropy)
-    forget_batches = _cycle(task.forget, cfg.batch_size, cfg.seed, 1)
-    retain_batches = _cycle(task.retain, cfg.batch_size, cfg.seed, 0)
     per_pass = -(-np.asarray(task.retain).size // cfg.batch_size)
-    lam, beta = np.float32(cfg.lam), np.float32(cfg.ema_beta)
+    n_forget_batches = -(-np.asarray(task.forget).size // cfg.batch_size)
+    passes = -(-T // per_pass)
 
-    history: list[dict] = []
-    good, f_out, r_out = state, [], []
-    t0 = time.perf_counter()
-    lr = alpha = float("nan")
-    bar = tqdm(range(T), desc="SFR-on", disable=not task.progress, leave=False, unit="it")
-    for t in bar:
-        lr = cfg.lr * cosine_factor(t, T)
-        state = state.replace(opt_state=optim.set_hyperparams(state.opt_state, learning_rate=lr))
-        start = state.params
-        if t % cfg.forget_freq == 0:
-            alpha = cfg.forget_alpha * cosine_factor(t, T)
-            idx, w = next(forget_batches)
-            extra = {"update_mask": salient, "alpha": np.float32(alpha), "lam": lam}
-            state, m = forget_step(state, dataset.x[idx], dataset.y[idx], w, extra)
-            f_out.append(m)
-        idx, w = next(retain_batches)
-        state, m = retain_step(state, dataset.x[idx], dataset.y[idx], w, {})
-        r_out.append(m)
-        if cfg.ema_beta < 1.0:
-            state = state.replace(params=_fast_slow(state.params, start, beta))
-        if (t + 1) % per_pass == 0 or t + 1 == T:
-            record, bad = _record(len(history) + 1, t + 1, lr, alpha, f_out, r_out, state,
-                                  cfg.max_loss, time.perf_counter() - t0)
-            history.append(record)
-            if bad:
-                raise DivergenceError(
-                    f"SFR-on: {bad} in iterations {t + 2 - len(r_out)}–{t + 1} (limit max_loss="
-                    f"{cfg.max_loss}); kept the state from the start of that pass",
-                    good, history,
-                )
-            good, f_out, r_out, t0 = state, [], [], time.perf_counter()
-    return state, {"history": history, "saliency_density": density}
+    def lr_at(t):
+        return cfg.lr * cosine_factor(t, T)
 
+    def alpha_at(t):
+        return cfg.forget_alpha * cosine_factor(t - t % cfg.forget_freq, T)
 
-def _record(epoch, iteration, lr, alpha, f_out, r_out, state, max_loss, seconds):
-    """One history record, and a description of what went wrong ('' when nothing did)."""
-    f_out, r_out = jax.device_get(f_out), jax.device_get(r_out)
-    finite = bool(_all_finite(state.params))
+    def batches(epoch: int) -> Batches:
+        ts = np.arange(epoch * per_pass, min((epoch + 1) * per_pass, T))
+        r_idx, r_w = _pass_batches(task.retain, cfg.batch_size, cfg.seed, 0, epoch)
+        r_idx, r_w = r_idx[: len(ts)], r_w[: len(ts)]
+        f_idx = np.zeros_like(r_idx)
+        f_w = np.zeros(r_idx.shape, np.float32)
+        for i, t in enumerate(ts):
+            if t % cfg.forget_freq == 0:  # the j-th forget step takes the j-th forget batch
+                j = t // cfg.forget_freq
+                fi, fw = _pass_batches(task.forget, cfg.batch_size, cfg.seed, 1,
+                                       j // n_forget_batches)
+                f_idx[i], f_w[i] = fi[j % n_forget_batches], fw[j % n_forget_batches]
+        extra = {"lr": np.array([lr_at(t) for t in ts], np.float32)[:, None],
+                 "alpha": np.array([alpha_at(t) for t in ts], np.float32)[:, None],
+                 "forget/w": f_w[:, None]}
+        return Batches(r_idx[:, None], r_w[:, None], extra, gather={"forget": f_idx[:, None]})
 
-    def summary(out):
-        if not out:
-            return float("nan"), float("nan"), np.zeros(0)
-        loss = np.array([m["loss"] for m in out], np.float64)
-        weight = np.array([m["weight"] for m in out], np.float64)
-        correct = sum(float(m["correct"]) for m in out)
-        total = max(weight.sum(), 1e-30)
-        return float(np.sum(loss * weight) / total), correct / total, loss
-
-    r_loss, r_acc, r_losses = summary(r_out)
-    f_loss, f_acc, f_losses = summary(f_out)
-    record = {
-        "epoch": epoch, "iteration": iteration, "lr": lr, "loss": r_loss, "acc": r_acc,
-        "forget_loss": f_loss, "forget_acc": f_acc, "forget_steps": len(f_out), "alpha": alpha,
-        "seconds": seconds,
-    }
-    bad = ""
-    if not np.all(np.isfinite(f_losses)):
-        bad = "non-finite forget loss"
-    elif not np.all(np.isfinite(r_losses)):
-        bad = "non-finite retain loss"
-    elif max_loss is not None and np.any(np.abs(r_losses) > max_loss):
-        bad = f"retain loss {float(np.max(np.abs(r_losses)))!r} over max_loss"
-    elif not finite:
-        bad = "non-finite parameters"
-    return record, bad
+    step = make_sfron_step(task.apply_fn, task.tx, float(cfg.clip), cfg.ema_beta < 1.0)
+    one = runs.stack([state])
+    one = one.replace(opt_state=jax.vmap(task.tx.init)(one.params))
+    constants = {"update_mask": runs.stack([salient]), "lam": np.full((1,), cfg.lam, np.float32),
+                 "beta": np.full((1,), cfg.ema_beta, np.float32)}
+    epochs_cfg = dataclasses.replace(cfg, epochs=passes, milestones=(), max_loss=cfg.max_loss)
+    try:
+        out, history, _ = task.trainer.run_epochs(one, step, dataset, batches, [epochs_cfg],
+                                                  constants=constants, desc="SFR-on")
+    except DivergenceError as e:
+        raise single_run(e) from None
+    records = []
+    for p, rec in enumerate(history[0]):
+        t = min((p + 1) * per_pass, T) - 1
+        records.append({**rec, "iteration": t + 1, "lr": lr_at(t), "alpha": alpha_at(t)})
+    return runs.unstack(out)[0], {"history": records, "saliency_density": density}
