@@ -136,3 +136,31 @@ def test_filter_pruning_of_an_mlp_needs_dense_filters():
               scope="per_layer", retrain_epochs=0)
     k = np.asarray(res.sparse.mask["fc0"]["kernel"])
     assert np.all(k.all(0) | ~k.any(0)) and k.all(0).sum() == 4
+
+
+@pytest.mark.parametrize("method", ["omp", "imp", "snip", "random", "sfp"])
+def test_run_many_equals_k_single_runs(cnn, method):
+    """The seed sides run as one K-run call; run k must be the pruner's single run (the loop
+    strategy: bit for bit), with per-run subsets and seeds."""
+    from unprune_jax import runs
+    from unprune_jax.train import Trainer
+
+    ds, apply_fn, tx, init, flags = cnn
+    subsets = [np.arange(128), np.arange(32, 160)]
+    train_cfgs = [CFG, dataclasses.replace(CFG, seed=1)]
+    cfgs = [prune.PruneConfig(method=method, density=0.2, rounds=2, seed=s) for s in (0, 5)]
+    res = prune.run_many(runs.stack([init, init]), apply_fn, tx, ds, subsets, train_cfgs, cfgs,
+                         flags, order_pool=np.arange(160),
+                         trainer=Trainer(strategy="loop", progress=False))
+    assert len(res.history) == 2
+    for k in range(2):
+        ref = prune.run(init, apply_fn, tx, ds, subsets[k], train_cfgs[k], cfgs[k], flags,
+                        order_pool=np.arange(160), progress=False)
+        for got, want in ((res.sparse, ref.sparse), (res.dense, ref.dense)):
+            for a, b in zip(jax.tree.leaves(runs.unstack(got)[k]), jax.tree.leaves(want),
+                            strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="must share the pruner"):
+        prune.run_many(runs.stack([init, init]), apply_fn, tx, ds, subsets, train_cfgs,
+                       [cfgs[0], dataclasses.replace(cfgs[1], method="omp" if method != "omp"
+                                                     else "imp")], flags)

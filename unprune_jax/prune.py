@@ -35,7 +35,8 @@ from . import masks as masks_lib
 from . import scores as scores_lib
 from .registry import closest_name, unknown_name_error
 from .data import Dataset
-from .train import TrainConfig, TrainState, fit, make_train_step
+from . import runs
+from .train import DivergenceError, Trainer, TrainConfig, TrainState, make_train_step, single_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,105 +152,143 @@ def reprune_scores(params, cfg: PruneConfig):
 class PruneResult:
     """``sparse``: the pruned, trained model. ``dense``: the weights the pruner scored last
     (trained dense weights for omp and imp's first round, the last epoch's weights before the
-    final soft pruning for sfp, θ_0 for pruning at initialisation)."""
+    final soft pruning for sfp, θ_0 for pruning at initialisation). From :func:`run_many` both
+    are K stacked states and ``history`` is a list of K histories."""
 
     dense: TrainState
     sparse: TrainState
-    history: dict
+    history: dict | list
 
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
-    init: TrainState
+    """K pruning runs at once: stacked states, one subset, training and pruning config each."""
+
+    inits: TrainState
     apply_fn: Callable
     tx: object
     dataset: Dataset
-    indices: np.ndarray
-    train_cfg: TrainConfig
-    cfg: PruneConfig
+    subsets: list
+    train_cfgs: list
+    cfgs: list
     prunable: object
     order_pool: object
     desc: str
-    progress: bool
+    trainer: Trainer
+
+    @property
+    def cfg(self) -> PruneConfig:  # what the K runs share (method, schedule, selection)
+        return self.cfgs[0]
 
     @property
     def step(self):
         return make_train_step(self.apply_fn, self.tx, losses_lib.cross_entropy)
 
-    def fit(self, state, what, *, epochs=None, start_epoch=0, snapshot_epochs=()):
-        cfg = self.train_cfg if epochs is None else dataclasses.replace(self.train_cfg,
-                                                                        epochs=epochs)
-        return fit(state, self.step, self.dataset, self.indices, cfg,
-                   order_pool=self.order_pool, start_epoch=start_epoch,
-                   snapshot_epochs=snapshot_epochs, desc=f"{self.desc}{what}",
-                   progress=self.progress)
+    def fit(self, states, what, *, epochs=None, start_epoch=0, snapshot_epochs=()):
+        cfgs = [c if epochs is None else dataclasses.replace(c, epochs=epochs)
+                for c in self.train_cfgs]
+        states, history, snaps = self.trainer.fit_many(
+            states, self.step, self.dataset, self.subsets, cfgs, order_pool=self.order_pool,
+            start_epoch=start_epoch, snapshot_epochs=snapshot_epochs, desc=f"{self.desc}{what}")
+        return states, history, snaps
+
+    def each(self, fn, *trees):
+        """``fn(r, *slices)`` for every run r, stacked again."""
+        return runs.stack([fn(r, *xs) for r, xs in enumerate(zip(*map(runs.unstack, trees)))])
+
+    def select_each(self, score_fn, states, density_of=lambda c: c.density, candidates=None):
+        """Per run r: ``select(score_fn(state_r, r), density_of(cfg_r), cfg_r, prunable)``."""
+        def one(r, state, *cand):
+            c = self.cfgs[r]
+            return select(score_fn(state, r), density_of(c), c, self.prunable,
+                          candidates=cand[0] if cand else None)
+        return self.each(one, states, *(() if candidates is None else (candidates,)))
+
+    def with_masks(self, states, masks):
+        return self.each(lambda r, s, m: s.with_mask(m, self.tx), states, masks)
 
     def retrain(self, start, start_epoch=0):
-        epochs = self.cfg.retrain_epochs
-        return self.fit(start, "sparse", epochs=epochs, start_epoch=start_epoch)
+        return self.fit(start, "sparse", epochs=self.cfg.retrain_epochs, start_epoch=start_epoch)
 
     def check_rewind(self):
-        if self.cfg.rewind_epoch > self.train_cfg.epochs:
+        if self.cfg.rewind_epoch > self.train_cfgs[0].epochs:
             raise ValueError(f"prune.rewind_epoch {self.cfg.rewind_epoch} is after the last "
-                             f"dense epoch {self.train_cfg.epochs}")
+                             f"dense epoch {self.train_cfgs[0].epochs}")
+
+
+def _histories(k: int, **phases) -> list[dict]:
+    """Per run: ``{phase: that run's history}`` from per-phase lists of K histories."""
+    return [{name: h[r] if isinstance(h, list) else h for name, h in phases.items()}
+            for r in range(k)]
 
 
 def _omp(r: _Run) -> PruneResult:
     r.check_rewind()
     k = r.cfg.rewind_epoch
-    dense, dense_hist, snaps = r.fit(r.init, "dense", snapshot_epochs=(k,))
-    mask = select(scores_lib.magnitude(dense.params), r.cfg.density, r.cfg, r.prunable)
-    sparse, hist, _ = r.retrain(snaps[k].with_mask(mask, r.tx), start_epoch=k)
-    return PruneResult(dense, sparse, {"dense": dense_hist, "sparse": hist})
+    dense, dense_hist, snaps = r.fit(r.inits, "dense", snapshot_epochs=(k,))
+    masks = r.select_each(lambda s, _: scores_lib.magnitude(s.params), dense)
+    sparse, hist, _ = r.retrain(r.with_masks(snaps[k], masks), start_epoch=k)
+    return PruneResult(dense, sparse, _histories(len(hist), dense=dense_hist, sparse=hist))
 
 
 def _imp(r: _Run) -> PruneResult:
     r.check_rewind()
     k, rounds = r.cfg.rewind_epoch, r.cfg.rounds
-    state, mask, history, dense, rewind = r.init, None, {}, None, None
+    state, masks, phases, dense, rewind = r.inits, None, {}, None, None
     for i in range(1, rounds + 1):
         trained, hist, snaps = r.fit(state, f"round {i}/{rounds} ",
                                      start_epoch=0 if i == 1 else k,
                                      snapshot_epochs=(k,) if i == 1 else ())
         if i == 1:
             dense, rewind = trained, snaps[k]
-        history[f"round{i}"] = hist
-        mask = select(scores_lib.magnitude(trained.params), r.cfg.density ** (i / rounds),
-                      r.cfg, r.prunable, candidates=mask)
-        state = rewind.with_mask(mask, r.tx)
+        phases[f"round{i}"] = hist
+        masks = r.select_each(lambda s, _: scores_lib.magnitude(s.params), trained,
+                              lambda c, i=i: c.density ** (i / rounds), candidates=masks)
+        state = r.with_masks(rewind, masks)
     sparse, hist, _ = r.retrain(state, start_epoch=k)
-    history["sparse"] = hist
-    return PruneResult(dense, sparse, history)
+    phases["sparse"] = hist
+    return PruneResult(dense, sparse, _histories(len(hist), **phases))
 
 
-def _at_init(r: _Run, mask) -> PruneResult:
-    sparse, hist, _ = r.retrain(r.init.with_mask(mask, r.tx))
-    return PruneResult(r.init, sparse, {"sparse": hist})
+def _at_init(r: _Run, masks) -> PruneResult:
+    sparse, hist, _ = r.retrain(r.with_masks(r.inits, masks))
+    return PruneResult(r.inits, sparse, _histories(len(hist), sparse=hist))
 
 
 def _synflow(r: _Run) -> PruneResult:
-    mask = masks_lib.full_mask(r.init.params)
     n = r.cfg.synflow_iterations
     shape = tuple(r.dataset.x.shape[1:])
     dtype = jnp.float64 if r.cfg.synflow_dtype == "float64" else jnp.float32
-    for k in range(1, n + 1):
-        s = scores_lib.synflow(r.init.params, r.init.model_state, r.apply_fn, shape, mask=mask,
-                               dtype=dtype)
-        mask = select(s, r.cfg.density ** (k / n), r.cfg, r.prunable, candidates=mask)
-    return _at_init(r, mask)
+
+    def one(i, init):
+        mask = masks_lib.full_mask(init.params)
+        for k in range(1, n + 1):
+            s = scores_lib.synflow(init.params, init.model_state, r.apply_fn, shape, mask=mask,
+                                   dtype=dtype)
+            c = r.cfgs[i]
+            mask = select(s, c.density ** (k / n), c, r.prunable, candidates=mask)
+        return mask
+
+    return _at_init(r, r.each(one, r.inits))
 
 
 def _snip(r: _Run) -> PruneResult:
-    rng = np.random.default_rng(r.cfg.seed)
-    batch = np.sort(rng.choice(r.indices, min(r.cfg.snip_batch, r.indices.size), replace=False))
-    s = scores_lib.snip(r.init.params, r.init.model_state, r.apply_fn,
-                        r.dataset.x[batch], r.dataset.y[batch])
-    return _at_init(r, select(s, r.cfg.density, r.cfg, r.prunable))
+    def score(init, i):
+        rng = np.random.default_rng(r.cfgs[i].seed)
+        subset = r.subsets[i]
+        batch = np.sort(rng.choice(subset, min(r.cfgs[i].snip_batch, subset.size),
+                                   replace=False))
+        return scores_lib.snip(init.params, init.model_state, r.apply_fn, r.dataset.x[batch],
+                               r.dataset.y[batch])
+
+    return _at_init(r, r.select_each(score, r.inits))
 
 
 def _random(r: _Run) -> PruneResult:
-    s = scores_lib.random(r.init.params, jax.random.PRNGKey(r.cfg.seed))
-    return _at_init(r, select(s, r.cfg.density, r.cfg, r.prunable))
+    masks = r.select_each(
+        lambda init, i: scores_lib.random(init.params, jax.random.PRNGKey(r.cfgs[i].seed)),
+        r.inits)
+    return _at_init(r, masks)
 
 
 def bn_partner(params, kernel_path: str) -> str | None:
@@ -287,21 +326,27 @@ def zero_bn_of_pruned_filters(params, mask, prunable):
 def _sfp(r: _Run) -> PruneResult:
     cfg = r.cfg
 
-    def soft_prune(state):
-        mask = select(scores_lib.filter_l2(state.params), cfg.density, cfg, r.prunable)
-        params = masks_lib.apply_mask(state.params, mask)
-        if cfg.sfp_zero_bn:
-            params = zero_bn_of_pruned_filters(params, mask, r.prunable)
-        return state.replace(params=params), mask
+    def soft_prune(states):
+        masks = r.select_each(lambda s, _: scores_lib.filter_l2(s.params), states)
 
-    state, mask = soft_prune(r.init) if cfg.sfp_prune_at_init else (r.init, r.init.mask)
-    history, scored = [], state
-    for epoch in range(r.train_cfg.epochs):
-        scored, hist, _ = r.fit(state, "soft ", epochs=1, start_epoch=epoch)
-        state, mask = soft_prune(scored)
-        history += hist
-    sparse = state.with_mask(mask, r.tx)
-    return PruneResult(scored, sparse, {"soft": history, "zero_bn": cfg.sfp_zero_bn})
+        def zero(i, state, mask):
+            params = masks_lib.apply_mask(state.params, mask)
+            if cfg.sfp_zero_bn:
+                params = zero_bn_of_pruned_filters(params, mask, r.prunable)
+            return state.replace(params=params)
+
+        return r.each(zero, states, masks), masks
+
+    states, masks = soft_prune(r.inits) if cfg.sfp_prune_at_init else (r.inits, r.inits.mask)
+    history, scored = None, states
+    for epoch in range(r.train_cfgs[0].epochs):
+        scored, hist, _ = r.fit(states, "soft ", epochs=1, start_epoch=epoch)
+        states, masks = soft_prune(scored)
+        history = hist if history is None else [a + b for a, b in zip(history, hist)]
+    sparse = r.with_masks(states, masks)
+    k = runs.num_runs(r.inits)
+    return PruneResult(scored, sparse, _histories(k, soft=history or [[]] * k,
+                                                  zero_bn=cfg.sfp_zero_bn))
 
 
 PRUNERS: dict[str, tuple[Callable[[_Run], PruneResult], str]] = {
@@ -312,6 +357,55 @@ PRUNERS: dict[str, tuple[Callable[[_Run], PruneResult], str]] = {
     "random": (_random, "random mask at initialisation, then training (control)"),
     "sfp": (_sfp, "soft filter pruning: zero the lowest-L2 filters after every epoch"),
 }
+
+
+def run_many(
+    inits: TrainState,
+    apply_fn,
+    tx,
+    dataset: Dataset,
+    subsets,
+    train_cfgs,
+    cfgs,
+    prunable,
+    *,
+    order_pool=None,
+    desc: str = "",
+    trainer: Trainer | None = None,
+) -> PruneResult:
+    """K pruning runs at once: run k is pruner ``cfgs[k].method`` from ``unstack(inits)[k]`` on
+    ``dataset[subsets[k]]``, its training loops batched with the others' (``trainer``).
+
+    Args:
+        inits: K stacked initial states (``runs.stack``).
+        subsets: K index arrays (the data each run trains on).
+        train_cfgs: one ``TrainConfig`` for all, or K (seeds and learning rates may differ; epochs
+            and batch size must agree).
+        cfgs: one ``PruneConfig`` for all, or K (seeds and densities may differ; the method and
+            its schedule must agree).
+        prunable: narrowed by :func:`prunable_for`.
+        order_pool: see ``train.epoch_order`` (shared by all runs).
+        trainer: runs the loops (default ``Trainer()``, which picks the fastest K-run strategy).
+
+    Returns:
+        A :class:`PruneResult` of K stacked states and K histories.
+    """
+    k = runs.num_runs(inits)
+    train_cfgs = [train_cfgs] * k if isinstance(train_cfgs, TrainConfig) else list(train_cfgs)
+    cfgs = [cfgs] * k if isinstance(cfgs, PruneConfig) else list(cfgs)
+    subsets = [np.asarray(s) for s in subsets]
+    if not len(train_cfgs) == len(cfgs) == len(subsets) == k:
+        raise ValueError(f"prune.run_many: K={k} initial states but {len(subsets)} subsets, "
+                         f"{len(train_cfgs)} training and {len(cfgs)} pruning configs")
+    shared = [dataclasses.replace(c, seed=0, density=1.0) for c in cfgs]
+    if any(c != shared[0] for c in shared):
+        raise ValueError("prune.run_many: the K runs must share the pruner and its settings "
+                         "(only seed and density may differ)")
+    params0 = runs.unstack(inits.params)[0]
+    r = _Run(inits, apply_fn, tx, dataset, subsets, train_cfgs, cfgs,
+             prunable_for(cfgs[0], prunable, params0), order_pool, desc,
+             Trainer() if trainer is None else trainer)
+    return PRUNERS[cfgs[0].method][0](r)
 
 
 def run(
@@ -327,14 +421,20 @@ def run(
     order_pool=None,
     desc: str = "",
     progress: bool = True,
+    trainer: Trainer | None = None,
 ) -> PruneResult:
-    """Runs pruner ``cfg.method`` from ``init`` on ``dataset[indices]``.
+    """Runs pruner ``cfg.method`` from ``init`` on ``dataset[indices]`` (one run of
+    :func:`run_many`).
 
     ``prunable`` is narrowed by :func:`prunable_for`. ``order_pool`` fixes the data order (see
     ``train.epoch_order``): the gold standard passes the full training set so that its run sees
-    the retained examples in the original order.
+    the retained examples in the original order. ``trainer`` defaults to
+    ``Trainer(progress=progress)``.
     """
-    r = _Run(init, apply_fn, tx, dataset, np.asarray(indices), train_cfg, cfg,
-             prunable_for(cfg, prunable, init.params), order_pool, desc, progress)
-    return PRUNERS[cfg.method][0](r)
-
+    try:
+        res = run_many(runs.stack([init]), apply_fn, tx, dataset, [indices], [train_cfg], [cfg],
+                       prunable, order_pool=order_pool, desc=desc,
+                       trainer=Trainer(progress=progress) if trainer is None else trainer)
+    except DivergenceError as e:
+        raise single_run(e) from None
+    return PruneResult(runs.unstack(res.dense)[0], runs.unstack(res.sparse)[0], res.history[0])

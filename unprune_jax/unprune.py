@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import masks as masks_lib
+from . import runs
 from .registry import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
@@ -139,7 +140,9 @@ def unprune(
     """Algorithm 1: K rounds of regrow → re-initialise → unlearn → re-prune.
 
     Args:
-        state: the trained sparse model (mask M).
+        state: the trained sparse model (mask M), or S stacked ones (``runs.stack``: the S seeds
+            of a candidate; ``dense_params`` stacked alike), run side by side (the unlearner's
+            loops batched when it is registered ``batched``).
         task: the unlearning task (D_r, D_f, θ_0 in ``task.init``).
         method: a registered unlearning method; ``method_cfg`` its settings (None = defaults).
         dense_params: the dense weights the original pruner scored (regrow score ``'dense'``).
@@ -152,45 +155,56 @@ def unprune(
             is re-pruned and the divergence recorded in the round's info.
 
     Returns:
-        ``(state, info)``: info holds per-round densities, mask changes and method metrics.
+        ``(state, info)``: info holds per-round densities, mask changes and method metrics (for
+        stacked states, ``info['runs']`` holds one such dict per run).
     """
     if cfg.reinit == "random" and random_params is None:
         raise ValueError("reinit='random' needs random_params (a fresh draw of the initialiser)")
+    stacked = unlearn_lib.is_stacked(state)
+    states = state if stacked else runs.stack([state])
+    denses = runs.unstack(dense_params) if stacked else [dense_params]
     source = (
         task.init.params
         if cfg.reinit == "theta0"
         else jax.tree.map(lambda p: p * cfg.random_scale, random_params)
     )
-    score = regrow_scores(cfg, task, state, dense_params)
-    prunable = prune_lib.prunable_for(prune_cfg, prunable, state.params)
+    first = runs.unstack(states)
+    scores = [regrow_scores(cfg, task, s, d) for s, d in zip(first, denses)]
+    prunable = prune_lib.prunable_for(prune_cfg, prunable, first[0].params)
     sel = prune_cfg.selection()
-    rounds = []
+    infos: list[list[dict]] = [[] for _ in first]
     t0 = time.perf_counter()
     for k in range(cfg.rounds):
-        before = state.mask
-        grown = masks_lib.regrow_mask(
-            before, score, cfg.fraction, prunable, sel["scope"], granularity=sel["granularity"],
-            allow_dense_filters=sel["allow_dense_filters"],
-        )
-        revived = jax.tree.map(lambda g, m: g & ~m, grown, before)
-        state = state.with_mask(grown, task.tx, reinit_revived(state.params, revived, source))
-        grown_density = masks_lib.density(grown, prunable)
-        state, metrics = unlearn_lib.run(
-            method, state, task, method_cfg, on_divergence=on_divergence
-        )
-        mask = prune_lib.select(reprune_scores(cfg, task, state, prune_cfg),
-                                prune_cfg.density, prune_cfg, prunable)
-        state = state.with_mask(mask, task.tx)
-        rounds.append(
-            {
+        before = [s.mask for s in runs.unstack(states)]
+        grown, starts = [], []
+        for s, m, score in zip(runs.unstack(states), before, scores):
+            g = masks_lib.regrow_mask(
+                m, score, cfg.fraction, prunable, sel["scope"], granularity=sel["granularity"],
+                allow_dense_filters=sel["allow_dense_filters"],
+            )
+            revived = jax.tree.map(lambda a, b: a & ~b, g, m)
+            grown.append(g)
+            starts.append(s.with_mask(g, task.tx, reinit_revived(s.params, revived, source)))
+        out, metrics = unlearn_lib.run(method, runs.stack(starts), task, method_cfg,
+                                       on_divergence=on_divergence)
+        finals = []
+        for r, s in enumerate(runs.unstack(out)):
+            mask = prune_lib.select(reprune_scores(cfg, task, s, prune_cfg), prune_cfg.density,
+                                    prune_cfg, prunable)
+            finals.append(s.with_mask(mask, task.tx))
+            infos[r].append({
                 "round": k + 1,
-                "grown_density": grown_density,
+                "grown_density": masks_lib.density(grown[r], prunable),
                 "density": masks_lib.density(mask, prunable),
-                "changed_vs_round_start": masks_lib.similarity(mask, before, prunable)["only_a"],
-                "method": metrics,
-            }
-        )
-    return state, {"rounds": rounds, "seconds": time.perf_counter() - t0}
+                "changed_vs_round_start": masks_lib.similarity(mask, before[r], prunable)[
+                    "only_a"],
+                "method": metrics["runs"][r],
+            })
+        states = runs.stack(finals)
+    seconds = time.perf_counter() - t0
+    if stacked:
+        return states, {"runs": [{"rounds": i} for i in infos], "seconds": seconds}
+    return runs.unstack(states)[0], {"rounds": infos[0], "seconds": seconds}
 
 
 def gold_standard(
@@ -211,5 +225,5 @@ def gold_standard(
     """
     return prune_lib.run(
         task.init, task.apply_fn, task.tx, task.dataset, task.retain, train_cfg, prune_cfg,
-        prunable, order_pool=order_pool, desc="gold ", progress=task.progress,
+        prunable, order_pool=order_pool, desc="gold ", trainer=task.trainer,
     )

@@ -7,7 +7,7 @@ method's subclass of it) with the method's epochs, learning rate and so on. Un-p
 registered method by name. Each method lives in its own module and registers itself on import.
 """
 
-from .base import REGISTRY, Entry, UnlearnTask, get, register, run, train_on
+from .base import REGISTRY, Entry, UnlearnTask, get, is_stacked, register, run, train_on
 from . import basic, boundary, iu, penalised, relabel, scrub, sfron  # noqa: F401  (each registers)
 from . import hparams  # noqa: E402
 
