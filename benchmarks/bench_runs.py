@@ -1,4 +1,4 @@
-"""K runs at once: aggregate throughput of ``runs.fit_many`` per strategy against the loop.
+"""K runs at once: aggregate throughput of ``train.Trainer.fit_many`` per strategy against the loop.
 
 For each K in ``--k`` and each strategy (``loop``, ``vmap``, ``map``, ``auto``, and ``loop`` /
 ``vmap`` with ``scan_epoch=True``), one epoch of ``fit_many`` over K runs, each on its own subset of
@@ -36,7 +36,7 @@ from bench_train_step import OthersMeter, machine_lines, random_mask  # noqa: E4
 from unprune_jax import losses, optim, runs  # noqa: E402
 from unprune_jax.data import Dataset  # noqa: E402
 from unprune_jax.models import get_model, init_model, make_apply_fn  # noqa: E402
-from unprune_jax.train import TrainConfig, TrainState, make_train_step  # noqa: E402
+from unprune_jax.train import Trainer, TrainConfig, TrainState, make_train_step  # noqa: E402
 
 SHAPES = {"small_cnn": (28, 28, 1), "mlp": (28, 28, 1), "resnet18": (32, 32, 3)}
 # (label, strategy, scan_epoch)
@@ -120,10 +120,12 @@ def main(argv=None):
             if label not in args.strategies:
                 continue
 
-            def call(strategy=strategy, scan=scan, step=step, data=data, states=states,
-                     subsets=subsets, cfgs=cfgs):
-                out, _ = runs.fit_many(states, step, data, subsets, cfgs, strategy=strategy,
-                                       progress=False, scan_epoch=scan)
+            # one trainer per case: auto measures the strategies once, as in a pipeline run
+            trainer = Trainer(strategy=strategy, progress=False, scan_epoch=scan)
+
+            def call(trainer=trainer, step=step, data=data, states=states, subsets=subsets,
+                     cfgs=cfgs):
+                out, _, _ = trainer.fit_many(states, step, data, subsets, cfgs)
                 return out
 
             case = Case(label, k, k * args.batch * args.batches, call)

@@ -58,21 +58,20 @@ def parse_args(argv=None):
 
 
 def cost_rows(results: dict) -> list[dict]:
-    """One dict per ``<method> + un-prune`` row of ``results`` (a pipeline results dict).
+    """One dict per un-pruning row of ``results`` (a pipeline results dict).
 
     Raises:
         ValueError: if there is no gold row or no un-pruning row, naming the rows found.
     """
-    rows = {r["model"]: r for r in results["rows"]}
-    gold = rows.get("gold (retrain + re-prune)")
-    unpruned = [name for name in rows if name.endswith(" + un-prune")]
+    rows = {(r["kind"], r["method"]): r for r in results["rows"]}
+    gold = rows.get(("gold", None))
+    unpruned = [m for kind, m in rows if kind == "unprune"]
     if gold is None or not unpruned:
-        raise ValueError(f"results need a gold row and '<method> + un-prune' rows; got {list(rows)}")
+        raise ValueError(f"results need a gold row and un-pruning rows; got {list(rows)}")
     gold_s = gold["seconds"] - gold.get("compile_seconds", 0.0)
     out = []
-    for name in unpruned:
-        method = name[: -len(" + un-prune")]
-        r, m = rows[name], rows.get(method, {})
+    for method in unpruned:
+        r, m = rows[("unprune", method)], rows.get(("baseline", method), {})
         out.append({
             "method": method,
             "unprune_rte": r.get("unprune_seconds", float("nan")) / gold_s,
@@ -85,16 +84,15 @@ def cost_rows(results: dict) -> list[dict]:
 
 
 def add_unprune_seconds(results: dict, run_dir: pathlib.Path) -> None:
-    """Adds ``unprune_seconds`` (stage time minus the method's time in it) to the un-prune rows,
-    from the stage metadata saved in ``run_dir``."""
+    """Adds ``unprune_seconds`` (stage time minus the method's time in it, per seed) to the
+    un-prune rows, from the stage metadata saved in ``run_dir``."""
+    seeds = results.get("seeds", 1)
     for r in results["rows"]:
-        if not r["model"].endswith(" + un-prune"):
+        if r["kind"] != "unprune":
             continue
-        method = r["model"][: -len(" + un-prune")]
-        meta = checkpoint.load_meta(run_dir, f"unprune/{method}")
-        inner = sum(rd["method"]["seconds"] for rd in meta["rounds"])
-        # Any compilation inside the method is in `inner`; what is left is un-pruning's own work.
-        r["unprune_seconds"] = meta["seconds"] - inner
+        meta = checkpoint.load_meta(run_dir, f"unprune/{r['method']}")
+        # Any compilation inside the method is in method_seconds; the rest is un-pruning's own.
+        r["unprune_seconds"] = (meta["seconds"] - meta["method_seconds"]) / seeds
 
 
 def fmt(x, spec):
@@ -115,7 +113,7 @@ def main(argv=None) -> list[dict]:
             results = pipeline.run(cfg, run_dir, progress=False, say=lambda *_: None)
         add_unprune_seconds(results, run_dir)
         rows = cost_rows(results)
-    gold = next(r for r in results["rows"] if r["model"] == "gold (retrain + re-prune)")
+    gold = next(r for r in results["rows"] if r["kind"] == "gold")
     print(f"# un-pruning cost: {results['config']['model']['name']}, "
           f"{results['config']['data']['name']}, gold {gold['seconds']:.1f} s "
           f"(compile {gold['compile_seconds']:.1f} s); machine {results.get('machine', {})}\n")

@@ -8,7 +8,6 @@ the software versions and the machine, so a number can always be traced to the r
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 import json
 import os
@@ -17,45 +16,33 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 
-from unprune_jax import masks, optim
-from unprune_jax.data import load_dataset, make_split
-from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainState
-
-
-@dataclasses.dataclass
-class Setup:
-    """Real FashionMNIST, a split with a random forget set, a model at θ_0 and its pieces."""
-
-    data: Any
-    split: Any
-    model: Any
-    apply_fn: Any
-    tx: Any
-    init: TrainState
-    prunable: Any
-    random_params: Any
+from unprune_jax import pipeline
+from unprune_jax.config import Config, DataConfig, ModelConfig
+from unprune_jax.models import init_model
 
 
 def fashion_setup(train_size: int | None, *, split_seed: int = 0, model_seed: int = 0,
                   forget_fraction: float = 0.1, model: str = "small_cnn", data_dir=None,
-                  data=None) -> Setup:
+                  data=None) -> pipeline.Context:
     """FashionMNIST (the Debian package's IDX files), ``train_size`` training images of which
-    ``forget_fraction`` are to be forgotten, the official test set, and ``model`` at θ_0."""
-    data = load_dataset("fashion_mnist", data_dir) if data is None else data
-    split = make_split(data, seed=split_seed, train_size=train_size,
-                       forget_fraction=forget_fraction)
-    net = get_model(model)
-    apply_fn = make_apply_fn(net)
-    params0, ms0 = init_model(net, jax.random.PRNGKey(model_seed), data.x[:1])
-    random_params, _ = init_model(net, jax.random.PRNGKey(model_seed + 1), data.x[:1])
-    tx = optim.sgd()
-    return Setup(data, split, net, apply_fn, tx, TrainState.create(params0, ms0, tx),
-                 masks.prunable_leaves(params0), random_params)
+    ``forget_fraction`` are to be forgotten, the official test set, and ``model`` at θ_0: the
+    pipeline's own in-memory context (``pipeline.build_context``), so an experiment prunes the
+    same leaves and splits the data exactly as ``unprune-jax run`` does."""
+    cfg = Config(data=DataConfig(name="fashion_mnist", data_dir=data_dir, seed=split_seed,
+                                 train_size=train_size, forget_fraction=forget_fraction),
+                 model=ModelConfig(name=model, seed=model_seed))
+    return pipeline.build_context(cfg, None, progress=False, say=lambda _: None, dataset=data)
+
+
+def random_params(ctx: pipeline.Context):
+    """A fresh draw of the model's initialiser (seed θ_0's + 1), for ``reinit='random'``."""
+    params, _ = init_model(ctx.model, jax.random.PRNGKey(ctx.cfg.model.seed + 1),
+                           ctx.dataset.x[:1])
+    return params
 
 
 def _git_commit() -> str:

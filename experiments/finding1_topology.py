@@ -47,7 +47,7 @@ def main(argv=None) -> Path:
     plt = common.pyplot()
 
     s = common.fashion_setup(args.train_size, data_dir=args.data_dir)
-    data, split, apply_fn, tx, init, base_flags = s.data, s.split, s.apply_fn, s.tx, s.init, s.prunable
+    data, split, apply_fn, tx, init, base_flags = s.dataset, s.split, s.apply_fn, s.tx, s.init, s.prunable
     params0 = init.params
     train_cfg = TrainConfig(epochs=args.epochs, lr=0.05, seed=0)
 

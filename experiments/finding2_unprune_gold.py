@@ -73,9 +73,9 @@ def main(argv=None) -> Path:
         per_pruner.append({"pruner": pruner, "IoU_original_gold": res["IoU_original_gold"],
                            "floor": floor.get("mean"), "floor_std": floor.get("std"),
                            "seconds": time.perf_counter() - t0})
-        by_name = {r["model"]: r for r in res["rows"]}
+        by_kind = {(r["kind"], r["method"]): r for r in res["rows"]}
         for m in args.methods:
-            base_row, un = by_name[m], by_name[f"{m} + un-prune"]
+            base_row, un = by_kind[("baseline", m)], by_kind[("unprune", m)]
             rows.append({
                 "pruner": pruner, "method": m, "delta_J": un["delta_J"],
                 "corrected": un["corrected_fraction"], "IoU_gold": un["IoU_gold"],

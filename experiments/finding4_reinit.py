@@ -52,7 +52,7 @@ def main(argv=None) -> Path:
     train_cfg = TrainConfig(epochs=args.epochs, lr=0.05)
     prune_cfg = prune.PruneConfig(density=args.density)
     t0 = time.perf_counter()
-    original = prune.run(s.init, s.apply_fn, s.tx, s.data, s.split.train, train_cfg, prune_cfg,
+    original = prune.run(s.init, s.apply_fn, s.tx, s.dataset, s.split.train, train_cfg, prune_cfg,
                          s.prunable, progress=False)
     print(f"original trained and pruned in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -60,8 +60,8 @@ def main(argv=None) -> Path:
     n_forget = round(0.1 * s.split.train.size)
     for fs in args.forget_seeds:
         forget = np.random.default_rng([fs, 4]).choice(s.split.train, n_forget, replace=False)
-        split = make_split(s.data, seed=0, train_size=args.train_size, forget_indices=forget)
-        task = unlearn.UnlearnTask(s.apply_fn, s.tx, s.data, split.retain, split.forget, s.init,
+        split = make_split(s.dataset, seed=0, train_size=args.train_size, forget_indices=forget)
+        task = unlearn.UnlearnTask(s.apply_fn, s.tx, s.dataset, split.retain, split.forget, s.init,
                                    progress=False)
         gold = gold_standard(task, train_cfg, prune_cfg, s.prunable, order_pool=split.train)
         j_orig = masks.jaccard(original.sparse.mask, gold.sparse.mask, s.prunable)
@@ -73,13 +73,13 @@ def main(argv=None) -> Path:
                 t = time.perf_counter()
                 state, _ = unprune(original.sparse, task, method, method_cfg, cfg,
                                    dense_params=original.dense.params, prune_cfg=prune_cfg,
-                                   prunable=s.prunable, random_params=s.random_params)
+                                   prunable=s.prunable, random_params=common.random_params(s))
                 mm = metrics.mask_metrics(state.mask, gold.sparse.mask, s.prunable,
                                           original=original.sparse.mask, per_layer=False)
                 row = {"forget_seed": fs, "method": method, "reinit": label,
                        "IoU_original_gold": j_orig, "IoU_gold": mm["jaccard"],
                        "delta_J": mm["delta_jaccard"], "corrected": mm["corrected_fraction"],
-                       **metrics.unlearning_accuracies(state, s.apply_fn, s.data, split),
+                       **metrics.unlearning_accuracies(state, s.apply_fn, s.dataset, split),
                        "seconds": time.perf_counter() - t}
                 rows.append(row)
                 common.log_row(row)

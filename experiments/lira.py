@@ -7,7 +7,7 @@ Setup (all sizes are flags):
   pruned as the pipeline does (OMP, 10% density); D_f is ``--forget`` random images of D.
 - K = ``--shadows`` shadow models, each trained and pruned the same way on a random half D_k of
   the pool, arranged so that every D_f image is in exactly K/2 of the D_k. Shadows are trained as
-  K stacked runs with ``unprune_jax.runs.fit_many`` (dense phase, then, after each run's
+  K stacked runs with ``unprune_jax.train.fit_many`` (dense phase, then, after each run's
   magnitude mask, the sparse phase from its θ_0). Each shadow also gets its gold standard (OMP
   again on D_k \\ F_k, same θ_0 and data order), F_k = D_f ∩ D_k.
 - Every shadow unlearns F_k with each variant: FT, RL, SalUn under the original mask
@@ -49,7 +49,8 @@ from unprune_jax import losses, masks, optim, prune, unlearn
 from unprune_jax.data import load_dataset
 from unprune_jax.metrics import mia
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.runs import fit_many, stack, unstack
+from unprune_jax.runs import stack, unstack
+from unprune_jax.train import fit_many
 from unprune_jax.train import TrainConfig, TrainState, make_train_step, predict
 from unprune_jax.unprune import UnpruneConfig, gold_standard, unprune
 
@@ -62,7 +63,7 @@ SMOKE = dict(pool=200, forget=20, shadows=4, epochs=1, test=100, neurips_n=3)
 
 
 def fit_runs(states, step, data, subsets, cfgs, order_pool, desc):
-    """K training runs in one ``runs.fit_many`` call; returns the K final states."""
+    """K training runs in one ``train.fit_many`` call; returns the K final states."""
     out, _ = fit_many(states, step, data, subsets, cfgs, order_pool=order_pool, progress=False,
                       desc=desc)
     return unstack(out)
@@ -196,7 +197,7 @@ def main(argv=None) -> dict:
     sh_dense, sh_orig = omp_many(inits, step, tx, data, subsets, cfgs, prune_cfg, flags, pool)
     _, sh_gold = omp_many(inits, step, tx, data, r_k, cfgs, prune_cfg, flags, pool)
     t_shadow_train = time.perf_counter() - t0
-    print(f"{k} shadows + {k} shadow golds trained in {t_shadow_train:.0f} s (runs.fit_many)",
+    print(f"{k} shadows + {k} shadow golds trained in {t_shadow_train:.0f} s (train.fit_many)",
           flush=True)
     t0 = time.perf_counter()
     in_d = np.stack([np.isin(forget, s) for s in subsets])      # (K, |D_f|): x ∈ D_k
@@ -281,7 +282,7 @@ def write_md(path, rows, cfg, argv, times, methods):
         f"Command: `{cmd.strip()}`. Wall time {times['total']:.0f} s (target models "
         f"{times['target']:.0f} s, {2 * k} shadow OMP runs {times['shadow_train']:.0f} s, shadow "
         f"unlearning {times['shadow_unlearn']:.0f} s, NeurIPS runs {times['neurips']:.0f} s) on "
-        f"{machine()}. Shadow training: runs.fit_many.",
+        f"{machine()}. Shadow training: train.fit_many.",
         f"Software: {versions()}.", "",
         f"Setup: pool of {cfg['pool']} FashionMNIST training images (seed 0); target trained on "
         f"{cfg['pool'] // 2} of them, small CNN, OMP 10% density, {cfg['epochs']} dense + "

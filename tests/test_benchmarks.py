@@ -119,20 +119,20 @@ def _fake_run(run_dir: pathlib.Path) -> dict:
     row = dict(IoU_gold=0.5, LLR_normalised=0.2, compile_seconds=0.0)
     results = {
         "rows": [
-            {**row, "model": "FT", "seconds": 4.0, "RTE": 0.2},
-            {**row, "model": "FT + un-prune", "seconds": 5.0, "RTE": 0.25, "IoU_gold": 0.4,
-             "LLR_normalised": 0.9},
-            {**row, "model": "gold (retrain + re-prune)", "seconds": 21.0, "compile_seconds": 1.0,
+            {**row, "kind": "baseline", "method": "FT", "seconds": 4.0, "RTE": 0.2},
+            {**row, "kind": "unprune", "method": "FT", "seconds": 5.0, "RTE": 0.25,
+             "IoU_gold": 0.4, "LLR_normalised": 0.9},
+            {**row, "kind": "gold", "method": None, "seconds": 21.0, "compile_seconds": 1.0,
              "RTE": 1.0},
         ],
+        "seeds": 2,
         "config": {"model": {"name": "small_cnn"}, "data": {"name": "synthetic"}},
     }
     checkpoint.save_json(run_dir / "results.json", results)
     stage = checkpoint.stage_dir(run_dir, "unprune/FT")
     stage.mkdir(parents=True)
-    # 5 s in the stage, of which the method took 2.5 + 1.5 s over two rounds: un-pruning 1 s.
-    checkpoint.save_json(stage / "meta.json", {
-        "seconds": 5.0, "rounds": [{"method": {"seconds": 2.5}}, {"method": {"seconds": 1.5}}]})
+    # 10 s in the stage for 2 seeds, of which the method took 8 s: un-pruning 1 s per seed.
+    checkpoint.save_json(stage / "meta.json", {"seconds": 10.0, "method_seconds": 8.0})
     return results
 
 
@@ -150,9 +150,9 @@ def test_bench_unprune_cost_from_run_dir(tmp_path, capsys):
 
 def test_bench_unprune_cost_needs_unprune_rows():
     mod = _load("bench_unprune_cost")
-    with pytest.raises(ValueError, match="un-prune"):
-        mod.cost_rows({"rows": [{"model": "FT"}, {"model": "gold (retrain + re-prune)",
-                                                  "seconds": 1.0}]})
+    with pytest.raises(ValueError, match="un-pruning rows"):
+        mod.cost_rows({"rows": [{"kind": "baseline", "method": "FT"},
+                                {"kind": "gold", "method": None, "seconds": 1.0}]})
 
 
 def test_bench_checkpoint_packed_masks_are_smaller(capsys):

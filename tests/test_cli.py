@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from unprune_jax import __version__, cli, pipeline, prune, scores, unlearn
+from unprune_jax import __version__, cli, pipeline, prune, scores, sweep, unlearn
 from unprune_jax.data import DATASET_NAMES
 from unprune_jax.models import MODELS
 
@@ -103,7 +103,7 @@ def test_sweep_parses_and_dispatches(tmp_path, monkeypatch, capsys):
         calls.append((cfg, run_dir, kwargs))
         kwargs["say"]("swept")
 
-    monkeypatch.setattr(pipeline, "sweep", fake_sweep, raising=False)
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
     code, out, _ = run_main(["sweep", "-r", str(tmp_path / "s"), "-o", "data.name=synthetic",
                              "--forget-fractions", "0.01,0.05,0.1", "--seeds", "0,1,2",
                              "--strategy", "vmap", "--no-progress"], capsys)

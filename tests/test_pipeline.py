@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from unprune_jax import checkpoint as ckpt
-from unprune_jax import cli, pipeline
+from unprune_jax import cli, pipeline, runs
 from unprune_jax import train as train_lib
 from unprune_jax.config import load_config
+from unprune_jax.report import label
 from unprune_jax.data import default_data_dir
 
 TINY = [
@@ -40,12 +41,15 @@ def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
     jax.clear_caches()  # other tests may have compiled the same (cached) steps already
     cfg = load_config(None, TINY + ["data.train_size=2000", "data.test_size=500"])
     res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
-    rows = {r["model"]: r for r in res["rows"]}
+    rows = {label(r): r for r in res["rows"]}
     assert list(rows) == EXPECTED_ROWS
+    assert [(r["kind"], r["method"]) for r in res["rows"][2:4]] == [("baseline", "retrain"),
+                                                                    ("unprune", "retrain")]
     assert rows["dense (scored by the pruner)"]["IoU_gold"] is None
     for r in res["rows"][1:]:
         for key in ("UA", "RA", "TA", "IoU_gold", "hamming_gold", "delta_J", "density"):
-            assert 0.0 <= r[key] <= 1.0 or key == "delta_J", (r["model"], key, r[key])
+            assert 0.0 <= r[key] <= 1.0 or key == "delta_J", (label(r), key, r[key])
+        assert 0.0 <= r["MIA"] <= 1.0 and 0.0 <= r["MIA_attack_acc"] <= 1.0
         assert r["seconds"] >= 0.0
     for name, r in rows.items():
         if name != "dense (scored by the pruner)":
@@ -56,6 +60,8 @@ def test_end_to_end_on_real_fashion_mnist_subset(tmp_path):
     assert rows["gold (retrain + re-prune)"]["RTE"] == pytest.approx(1.0)
     assert rows["gold (retrain + re-prune)"]["compile_seconds"] >= 0.0
     assert rows["original (pruned on D)"]["compile_seconds"] > 0.0  # the first stage compiles
+    for r in res["rows"]:  # compilation is part of the timed block, so RTE is never negative
+        assert 0.0 <= r["compile_seconds"] <= r["seconds"] and r["RTE"] >= 0.0
     # the membership scale: the main original mask sits on the original side, gold on the gold side
     assert rows["original (pruned on D)"]["LLR_normalised"] < rows["gold (retrain + re-prune)"][
         "LLR_normalised"]
@@ -81,37 +87,70 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
     cfg = synthetic_cfg()
     first = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
-    # the saved original state round-trips bit-exactly
-    like = {"dense": ctx.init, "sparse": ctx.init}
-    original, _ = ckpt.load_stage(tmp_path, "prune", like)
-    again, _ = ckpt.load_stage(tmp_path, "prune", like)
+    # the saved original side round-trips bit-exactly, S stacked states
+    like = {"dense": ctx.stacked_init(), "sparse": ctx.stacked_init()}
+    original, _ = ckpt.load_stage(tmp_path, "sides/original", like)
+    again, _ = ckpt.load_stage(tmp_path, "sides/original", like)
+    assert runs.num_runs(original["sparse"]) == 2
     for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(again)):
         np.testing.assert_array_equal(a, b)
 
     # rerun: nothing trains
-    def boom(*a, **k):
-        raise AssertionError("a finished stage was recomputed")
+    calls = []
+    real = train_lib.Trainer.run_epochs
 
-    with monkeypatch.context() as m:
-        for mod in ("unprune_jax.unlearn.base", "unprune_jax.prune"):
-            m.setattr(f"{mod}.fit", boom)
-        second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    def counting(self, *a, **k):
+        calls.append(k.get("desc"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(train_lib.Trainer, "run_epochs", counting)
+    second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    assert calls == []
     assert without_time(second["rows"]) == without_time(first["rows"])
 
     # an unfinished stage (no meta.json) is recomputed, and only that one
-    os.remove(ckpt.stage_dir(tmp_path, "gold") / "meta.json")
-    calls = []
-    real_fit = train_lib.fit
-
-    def counting_fit(*a, **k):
-        calls.append(k.get("desc"))
-        return real_fit(*a, **k)
-
-    monkeypatch.setattr("unprune_jax.prune.fit", counting_fit)
-    monkeypatch.setattr("unprune_jax.unlearn.base.fit", boom)
+    os.remove(ckpt.stage_dir(tmp_path, "sides/gold") / "meta.json")
     third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert calls == ["gold dense", "gold sparse"]
     assert without_time(third["rows"]) == without_time(first["rows"])  # deterministic
+
+
+def test_every_candidate_runs_from_every_seed_and_the_sides_are_what_they_say(tmp_path):
+    cfg = synthetic_cfg("evaluate.seeds=3", "unlearn.methods=['FT']")
+    ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
+    sides = pipeline.stage_sides([ctx])[0]
+    assert set(sides) == {"original", "gold", "quantity"}
+    for side, (tree, meta) in sides.items():
+        assert runs.num_runs(tree["sparse"]) == 3 and len(meta["history"]) == 3
+    split = ctx.split
+    for s, r in enumerate(pipeline.side_runs(ctx, "quantity")):
+        removed = np.setdiff1d(split.train, r.subset)
+        assert removed.size == split.forget.size and not np.isin(removed, split.forget).any()
+        assert r.train_cfg.seed == cfg.train.seed + s
+    a, b = (np.setdiff1d(split.train, r.subset) for r in pipeline.side_runs(ctx, "quantity")[:2])
+    assert not np.array_equal(a, b)  # a different subset per seed
+    # seed 0 of the original side is the single pruning run of the main config
+    from unprune_jax import prune
+    ref = prune.run(ctx.init, ctx.apply_fn, ctx.tx, ctx.dataset, split.train, cfg.train, cfg.prune,
+                    ctx.prunable, order_pool=split.train, progress=False)
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(runs.unstack(sides["original"][0]["sparse"])[0].params)[0]),
+        np.asarray(jax.tree.leaves(ref.sparse.params)[0]))
+    cands = pipeline.stage_candidates(ctx, sides["original"][0])
+    assert set(cands) == {("baseline", "FT"), ("unprune", "FT")}
+    for states, meta in cands.values():
+        assert runs.num_runs(states) == 3 and len(meta["runs"]) == 3
+
+
+def test_class_wise_quantity_side_removes_another_class():
+    from unprune_jax.data import Split
+
+    labels = np.repeat(np.arange(4), 10)
+    train = np.arange(40)
+    split = Split(train=train, val=np.zeros(0, np.int64), test=np.arange(40, 40),
+                  forget=np.arange(10, 20))  # all of class 1
+    removed = pipeline.quantity_removed(split, labels, seed=0, s=0)
+    assert removed.size == 10 and len(set(labels[removed])) == 1 and labels[removed][0] != 1
 
 
 def test_run_dir_with_another_config_is_refused(tmp_path):
@@ -158,7 +197,7 @@ def test_every_pruner_runs_through_the_pipeline(tmp_path, pruner):
     cfg = synthetic_cfg(f"prune.method={pruner}", "prune.rounds=2", "prune.synflow_iterations=5",
                         "prune.density=0.3", "unlearn.methods=['FT']")
     res = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
-    rows = {r["model"]: r for r in res["rows"]}
+    rows = {label(r): r for r in res["rows"]}
     assert rows["gold (retrain + re-prune)"]["IoU_gold"] == 1.0
     # the same number of units as the original (filters for sfp, so the weight density may differ)
     assert rows["FT + un-prune"]["density"] == rows["original (pruned on D)"]["density"]

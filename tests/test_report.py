@@ -56,7 +56,7 @@ def test_report_has_every_run_table_and_figure(runs, tmp_path):
         res = results(runs / name)
         for row in res["rows"]:
             iou = "—" if row["IoU_gold"] is None else f"{row['IoU_gold']:.4f}"
-            line = (f"| {row['model']} | {name} | {100 * row['UA']:.2f} | {100 * row['RA']:.2f} | "
+            line = (f"| {report.label(row)} | {name} | {100 * row['UA']:.2f} | {100 * row['RA']:.2f} | "
                     f"{100 * row['TA']:.2f} | {iou} |")
             assert line in text, line
         # the summary lines of pipeline.run, one markdown line each
@@ -78,7 +78,7 @@ def test_delta_j_bars_are_the_unpruned_rows_and_the_band_is_the_noise_floor(runs
     heights = [bar.get_height() for bars in ax.containers for bar in bars]
     expected = []
     for name in ("a", "b"):
-        rows = {r["model"]: r for r in results(runs / name)["rows"]}
+        rows = {report.label(r): r for r in results(runs / name)["rows"]}
         expected += [rows["FT + un-prune"]["delta_J"], rows["GA + un-prune"]["delta_J"]]
     assert sorted(heights) == pytest.approx(sorted(expected))
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -111,13 +111,21 @@ def test_noise_floor_delta_j_by_hand():
 
 
 def test_results_table_shows_missing_values_as_dashes():
-    from unprune_jax.pipeline import format_table
+    row = {"kind": "baseline", "method": "FT", "UA": 0.1234, "RA": 0.9, "TA": 0.85,
+           "IoU_gold": None, "delta_J": math.nan, "diverged": "loss nan"}
+    line = report.format_table([row]).splitlines()[2]
+    assert line == ("| FT (diverged) | 12.34 | 90.00 | 85.00 | — | — | — | — | — | — | — | — "
+                    "| — | — | — |")
 
-    row = {"model": "dense", "UA": 0.1234, "RA": 0.9, "TA": 0.85, "IoU_gold": None,
-           "delta_J": math.nan, "diverged": "loss nan"}
-    line = format_table([row]).splitlines()[2]
-    assert line == ("| dense (diverged) | 12.34 | 90.00 | 85.00 | — | — | — | — | — | — | — | — "
-                    "| — | — |")
+
+def test_labels_are_made_from_kind_and_method_and_old_rows_still_read():
+    assert [report.label({"kind": k, "method": m}) for k, m in (
+        ("dense", None), ("original", None), ("baseline", "GA"), ("unprune", "GA"),
+        ("gold", None))] == ["dense (scored by the pruner)", "original (pruned on D)", "GA",
+                             "GA + un-prune", "gold (retrain + re-prune)"]
+    assert report.label({"model": "FT + un-prune"}) == "FT + un-prune"
+    assert report._kind({"model": "FT + un-prune"}) == ("unprune", "FT")
+    assert report._kind({"model": "gold (retrain + re-prune)"}) == ("gold", None)
 
 
 def test_a_directory_of_runs_stands_for_its_runs(runs, tmp_path):

@@ -29,7 +29,7 @@ DATASET_DESCRIPTIONS = {
                    "tfds:cifar10 (needs the tfds extra; no download here)",
 }
 
-#: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``pipeline.sweep``).
+#: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``sweep.run_sweep``).
 STRATEGIES = {
     "auto": "time each strategy on the real shapes once; never pick one slower than the loop",
     "vmap": "jit(vmap(step)): one dispatch, K-wide kernels",
@@ -125,14 +125,14 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from . import pipeline
     from .config import load_config
+    from .sweep import run_sweep
 
     cfg = load_config(args.config, args.override)
     run_dir = _prepare_run_dir(args.run_dir, args.fresh)
     with _run_log(run_dir, f"sweep: {' '.join(args.argv)}") as say:
-        pipeline.sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
-              strategy=args.strategy, progress=not args.no_progress, say=say)
+        run_sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
+                  strategy=args.strategy, progress=not args.no_progress, say=say)
     return 0
 
 
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="K forget-set sizes and/or seeds as one batched run",
         description="Runs the pipeline for every forget fraction × seed, batched as --strategy "
-        "says (pipeline.sweep). Strategies:\n" + "\n".join(
+        "says (sweep.run_sweep). Strategies:\n" + "\n".join(
             f"  {k:<6} {v}" for k, v in STRATEGIES.items()),
         epilog="example:\n"
                "  unprune-jax sweep -c experiments/demo.toml -r runs/sweep \\\n"

@@ -66,15 +66,23 @@ class UnlearnConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """The seed noise floor and the topology membership test.
+    """The sides over seeds and the topology measures.
 
-    ``seeds`` = S: the pruning pipeline runs S times on D and S times on D_r, with data-order
-    seeds ``train.seed + s`` (s = 0 is the main run). The gold masks' pairwise IoU is the noise
-    floor every mask metric is read against; both sides feed the membership test. Each extra seed
-    costs two runs of the pruner; 1 turns both off.
+    ``seeds`` = S: the pruning pipeline runs S times on D (the original side) and S times on D_r
+    (the gold side), with data-order seeds ``train.seed + s`` (s = 0 is the main run), and every
+    candidate (each unlearner, with and without un-pruning) runs from each of the S original-side
+    models. The gold masks' pairwise IoU is the noise floor every mask metric is read against;
+    the sides and candidates as sets feed the topology tests. Each extra seed costs two runs of
+    the pruner (three with the quantity side) and one run of every candidate; 1 turns the
+    topology tests off.
+
+    ``quantity_side``: also run the pruner S times on D minus another subset of D_f's size (see
+    ``pipeline.quantity_removed``), the control that separates "the mask knows D_f" from "the
+    mask saw less data".
     """
 
     seeds: int = 8
+    quantity_side: bool = True
 
     def __post_init__(self):
         if self.seeds < 1:

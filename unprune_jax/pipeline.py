@@ -1,97 +1,124 @@
-"""The experiment pipeline: split → prune (incl. training) → unlearn → un-prune → gold → evaluate.
+"""The experiment pipeline: split → sides → candidates → evaluate.
 
-Each stage is saved with Orbax under ``RUN_DIR/stages/`` (state, mask, metrics and timing); a
-rerun loads finished stages and resumes at the first unfinished one. The data split (indices),
-the resolved config and the final results (``results.json``, ``results.md``) sit in ``RUN_DIR``.
+- **Sides** (``sides/<side>``): the pruning pipeline over S data-order seeds (``evaluate.seeds``)
+  on D (``original``), on D_r (``gold``: retrain + re-prune, the gold standard) and, as a control,
+  on D minus another subset of D_f's size (``quantity``: "saw less data" without forgetting D_f).
+  Each side is K = S runs of :func:`prune.run_many`, its loops batched by the trainer.
+- **Candidates** (``unlearn/<method>``, ``unprune/<method>``): every unlearning method, plain and
+  wrapped in un-pruning, from each of the S original-side models (S stacked states; batched where
+  the method batches).
+- **Evaluate**: one row per model of seed 0 (accuracies, MIA, mask and output distances to gold,
+  cost), and the topology measures over the S-seed sets.
+
+Every stage is saved with Orbax under ``RUN_DIR/stages/``; a rerun loads finished stages and
+resumes at the first unfinished one. The data split (indices), the resolved config and the
+results (``results.json``, ``results.md``) sit in ``RUN_DIR``. :func:`run_all` runs several
+configs (a sweep) with the sides of all of them batched together, identical side runs computed
+once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import optim
 from . import masks as masks_lib
 from . import metrics as metrics_lib
+from . import optim, report, runs
 from . import prune as prune_lib
 from . import unlearn as unlearn_lib
 from .config import Config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
-from .models import get_model, init_model, make_apply_fn
+from .metrics import mia
 from .metrics.membership import topology_membership
-from .train import TrainState, predict
-from .unprune import gold_standard, unprune
+from .models import get_model, init_model, make_apply_fn
+from .timing import Stopwatch
+from .train import DivergenceError, Trainer, TrainState, predict
+from .unprune import gold_standard, unprune  # noqa: F401  (gold_standard: the K=1 gold side)
 
-log = logging.getLogger("unprune_jax")
+SIDES = ("original", "gold", "quantity")
 
-# Seconds JAX spent tracing, lowering and compiling, so stage times can report compilation apart.
-_COMPILE_SECONDS = [0.0]
-
-
-def _on_duration(event: str, duration: float, **_):
-    if event.startswith("/jax/core/compile/"):
-        _COMPILE_SECONDS[0] += duration
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
+#: Shadow examples per side of the corrected SVC-MIA column (cheap enough for every row).
+MIA_SHADOW = 2000
 
 
 @dataclasses.dataclass
 class Context:
-    """What every stage needs: built once per run from the config."""
+    """What every stage needs: built once per run from the config (:func:`build_context`)."""
 
     cfg: Config
-    run_dir: Path
+    run_dir: Path | None
     dataset: Dataset
     split: Split
+    model: Any
     apply_fn: Callable
     tx: Any
     init: TrainState
     prunable: Any
-    progress: bool
+    trainer: Trainer
     say: Callable[[str], None]
 
-    def task(self) -> unlearn_lib.UnlearnTask:
-        return unlearn_lib.UnlearnTask(
-            self.apply_fn, self.tx, self.dataset, self.split.retain, self.split.forget,
-            self.init, self.progress,
-        )
+    @property
+    def seeds(self) -> int:
+        return self.cfg.evaluate.seeds
 
-    def stage(self, name: str, like, compute: Callable[[], tuple[Any, dict]]):
-        """Loads stage ``name`` if finished, else computes, times and saves it."""
-        if ckpt.stage_done(self.run_dir, name):
-            tree, meta = ckpt.load_stage(self.run_dir, name, like)
-            self.say(f"[{name}] finished earlier, loaded")
-            return tree, meta
-        t0, c0 = time.perf_counter(), _COMPILE_SECONDS[0]
-        tree, meta = compute()
-        meta = {**meta, "seconds": time.perf_counter() - t0,
-                "compile_seconds": _COMPILE_SECONDS[0] - c0}
-        ckpt.save_stage(self.run_dir, name, tree, meta)
-        self.say(f"[{name}] done in {meta['seconds']:.1f} s")
+    def task(self) -> unlearn_lib.UnlearnTask:
+        return unlearn_lib.UnlearnTask(self.apply_fn, self.tx, self.dataset, self.split.retain,
+                                       self.split.forget, self.init, trainer=self.trainer)
+
+    def done(self, name: str) -> bool:
+        return self.run_dir is not None and ckpt.stage_done(self.run_dir, name)
+
+    def load(self, name: str, like):
+        tree, meta = ckpt.load_stage(self.run_dir, name, like)
+        self.say(f"[{name}] finished earlier, loaded")
         return tree, meta
 
+    def save(self, name: str, tree, meta: dict) -> None:
+        if self.run_dir is not None:
+            ckpt.save_stage(self.run_dir, name, tree, meta)
+        self.say(f"[{name}] done in {meta['seconds']:.1f} s")
 
-def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
-                  dataset: Dataset | None = None) -> Context:
+    def stage(self, name: str, like, compute: Callable[[], tuple[Any, dict]]):
+        """Loads stage ``name`` if finished, else computes, times and saves it. ``seconds`` and
+        ``compile_seconds`` (the part of it JAX spent compiling) go into its meta."""
+        if self.done(name):
+            return self.load(name, like)
+        with Stopwatch() as sw:
+            tree, meta = compute()
+        meta = {**meta, "seconds": sw.seconds, "compile_seconds": sw.compile_seconds}
+        self.save(name, tree, meta)
+        return tree, meta
+
+    def stacked_init(self):
+        """The S seeds' initial states (every seed shares θ_0; seeds vary the data order)."""
+        return runs.stack([self.init] * self.seeds)
+
+
+def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = True, say=print,
+                  dataset: Dataset | None = None, trainer: Trainer | None = None) -> Context:
     """Loads the data (unless ``dataset`` is given: it must be what ``cfg.data`` names), makes
-    (or reloads) the split, builds the model, θ_0 and the optimizer."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(cfg, run_dir)
+    (or reloads) the split, builds the model, θ_0, the optimizer and the trainer.
+
+    ``run_dir`` None builds an in-memory context (experiment scripts): nothing is saved.
+    """
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_config(cfg, run_dir)
     d = cfg.data
     dataset = load_dataset(d.name, d.data_dir) if dataset is None else dataset
-    split_path = run_dir / "split.json"
-    if split_path.exists():
+    split_path = None if run_dir is None else run_dir / "split.json"
+    if split_path is not None and split_path.exists():
         split = Split.from_dict(ckpt.load_json(split_path))
         validate_split(split, len(dataset))
     else:
@@ -104,7 +131,8 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
             dataset, seed=d.seed, train_size=d.train_size, val_size=d.val_size,
             test_size=d.test_size, **kwargs,
         )
-        ckpt.save_json(split_path, split.to_dict())
+        if split_path is not None:
+            ckpt.save_json(split_path, split.to_dict())
     model = get_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs)
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
@@ -117,8 +145,9 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
         f"{split.forget.size}), test {split.test.size}; model {cfg.model.name}, prunable "
         f"{[p for p, f in zip(masks_lib.leaf_paths(params), jax.tree.leaves(prunable)) if f]}"
     )
-    return Context(cfg, run_dir, dataset, split, make_apply_fn(model), tx, init, prunable,
-                   progress, say)
+    trainer = Trainer(progress=progress) if trainer is None else trainer
+    return Context(cfg, run_dir, dataset, split, model, make_apply_fn(model), tx, init, prunable,
+                   trainer, say)
 
 
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
@@ -151,259 +180,334 @@ def _diff_keys(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
-# --- stages ---------------------------------------------------------------------------------------
+# --- the sides --------------------------------------------------------------------------------
 
 
-def stage_prune(ctx: Context):
-    """The original sparse model: pruner ``prune.method`` on D from θ_0."""
-
-    def compute():
-        res = prune_lib.run(
-            ctx.init, ctx.apply_fn, ctx.tx, ctx.dataset, ctx.split.train, ctx.cfg.train,
-            ctx.cfg.prune, ctx.prunable, progress=ctx.progress,
-        )
-        return {"dense": res.dense, "sparse": res.sparse}, {"history": res.history}
-
-    return ctx.stage("prune", {"dense": ctx.init, "sparse": ctx.init}, compute)
+def sides_of(cfg: Config) -> tuple[str, ...]:
+    """The sides a config runs: original and gold always, quantity if ``evaluate.quantity_side``
+    (and S ≥ 2: with one seed a side there is no distribution to compare)."""
+    extra = ("quantity",) if cfg.evaluate.quantity_side and cfg.evaluate.seeds >= 2 else ()
+    return ("original", "gold") + extra
 
 
-def _unlearn_meta(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k in ("history", "diverged", "rounds")}
+def quantity_removed(split: Split, labels: np.ndarray, seed: int, s: int) -> np.ndarray:
+    """The examples the quantity side's seed ``s`` leaves out: as many as D_f holds, none of
+    them in D_f. Random forgetting: a random subset of D_r. Class-wise forgetting: for each
+    forgotten class, the same number of examples of another class (a random non-forgotten class
+    per forgotten class), so the side also loses whole-class-sized chunks but keeps D_f."""
+    rng = np.random.default_rng([seed, 7919, s])
+    forget_y = labels[split.forget]
+    retain = split.retain
+    classes = np.unique(forget_y)
+    retain_y = labels[retain]
+    forgets_whole_classes = not np.isin(retain_y, classes).any()
+    if not forgets_whole_classes:
+        return np.sort(rng.choice(retain, split.forget.size, replace=False))
+    others = rng.permutation(np.setdiff1d(np.unique(retain_y), classes))
+    if others.size < classes.size:
+        raise ValueError(f"the quantity side needs {classes.size} class(es) besides the forgotten "
+                         f"{classes.tolist()}; the retained data has {others.size}")
+    out = []
+    for c, other in zip(classes, others):
+        pool = retain[retain_y == other]
+        n = int(np.sum(forget_y == c))
+        out.append(rng.choice(pool, min(n, pool.size), replace=False))
+    return np.sort(np.concatenate(out))
 
 
-def stage_unlearn(ctx: Context, original: TrainState, method: str):
-    """Baseline: unlearning method ``method`` under the original mask."""
+@dataclasses.dataclass(frozen=True)
+class SideRun:
+    """One pruning run of a side: what it trains on and with which seeds."""
 
-    def compute():
-        state, m = unlearn_lib.run(
-            method, original, ctx.task(), ctx.cfg.method_config(method),
-            on_divergence="keep_last_good",
-        )
-        return state, {**_unlearn_meta(m), "method_seconds": m["seconds"]}
+    subset: np.ndarray
+    train_cfg: Any
+    prune_cfg: Any
 
-    return ctx.stage(f"unlearn/{method}", ctx.init, compute)
-
-
-def stage_unprune(ctx: Context, original: TrainState, dense_params, method: str):
-    """Un-pruning wrapped around unlearning method ``method``."""
-    cfg = ctx.cfg
-
-    def compute():
-        random_params = None
-        if cfg.unprune.reinit == "random":
-            model = get_model(cfg.model.name, ctx.dataset.num_classes, **cfg.model.kwargs)
-            random_params, _ = init_model(
-                model, jax.random.PRNGKey(cfg.model.seed + 1), ctx.dataset.x[:1]
-            )
-        state, info = unprune(
-            original, ctx.task(), method, cfg.method_config(method), cfg.unprune,
-            dense_params=dense_params, prune_cfg=cfg.prune, prunable=ctx.prunable,
-            random_params=random_params,
-        )
-        diverged = [r["method"]["diverged"] for r in info["rounds"] if "diverged" in r["method"]]
-        meta = {**info, "method_seconds": info["seconds"]}
-        return state, {**meta, "diverged": diverged[0]} if diverged else meta
-
-    return ctx.stage(f"unprune/{method}", ctx.init, compute)
+    def key(self, ctx: Context) -> str:
+        """Equal keys compute exactly the same run (the sweep computes them once): the data
+        (subset and the data-order pool), the model, θ_0's seed and both configs."""
+        h = hashlib.blake2b(digest_size=16)
+        for a in (self.subset, ctx.split.train):
+            h.update(np.ascontiguousarray(a, np.int64).tobytes())
+        c = ctx.cfg
+        h.update(json.dumps([dataclasses.asdict(self.train_cfg), dataclasses.asdict(self.prune_cfg),
+                             dataclasses.asdict(c.model), c.data.name, c.data.data_dir],
+                            sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
 
-def stage_gold(ctx: Context):
-    """Gold standard: the same pruner from θ_0 on D_r, same data order minus D_f."""
-    cfg = ctx.cfg
-
-    def compute():
-        res = gold_standard(
-            ctx.task(), cfg.train, cfg.prune, ctx.prunable, order_pool=ctx.split.train
-        )
-        return {"dense": res.dense, "sparse": res.sparse}, {"history": res.history}
-
-    return ctx.stage("gold", {"dense": ctx.init, "sparse": ctx.init}, compute)
-
-
-def stage_seed_masks(ctx: Context) -> tuple[list, list]:
-    """Masks of the pruning pipeline on D and on D_r for data-order seeds 1..S−1."""
-    cfg = ctx.cfg
-    originals, golds = [], []
-    for s in range(1, cfg.evaluate.seeds):
-        train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + s)
-        prune_cfg = dataclasses.replace(cfg.prune, seed=cfg.prune.seed + s)
-        for side, indices, out in (("original", ctx.split.train, originals),
-                                   ("gold", ctx.split.retain, golds)):
-
-            def compute(indices=indices, side=side):
-                res = prune_lib.run(
-                    ctx.init, ctx.apply_fn, ctx.tx, ctx.dataset, indices, train_cfg, prune_cfg,
-                    ctx.prunable, order_pool=ctx.split.train, desc=f"seed {s} {side} ",
-                    progress=ctx.progress,
-                )
-                return res.sparse.mask, {}
-
-            out.append(ctx.stage(f"seeds/{side}{s}", ctx.init.mask, compute)[0])
-    return originals, golds
+def side_runs(ctx: Context, side: str) -> list[SideRun]:
+    """The S runs of ``side``: data-order seeds ``train.seed + s`` and ``prune.seed + s``."""
+    cfg, split = ctx.cfg, ctx.split
+    out = []
+    for s in range(ctx.seeds):
+        if side == "original":
+            subset = split.train
+        elif side == "gold":
+            subset = split.retain
+        else:
+            removed = quantity_removed(split, ctx.dataset.y, cfg.data.seed, s)
+            subset = np.setdiff1d(split.train, removed)
+        out.append(SideRun(subset, dataclasses.replace(cfg.train, seed=cfg.train.seed + s),
+                           dataclasses.replace(cfg.prune, seed=cfg.prune.seed + s)))
+    return out
 
 
-# --- evaluation -----------------------------------------------------------------------------------
+def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
+    """Every side of every context: ``[{side: ({'dense', 'sparse'}, meta)}]``.
 
-
-def evaluate(ctx: Context, states: dict[str, tuple[TrainState, dict]], original, gold,
-             gold_seconds: float, membership: dict | None) -> list:
-    """One row per model: accuracies, the mask metrics against gold, output and weight distance
-    to gold, the membership LLR, time, compile time, and RTE: time without compilation relative
-    to the gold standard's (``gold_seconds``, also without compilation).
-
-    Mask metrics are None for a dense model (density 1), whose mask says nothing.
+    The missing ones are computed per side kind in one :func:`prune.run_many` call over all
+    contexts (a sweep's variants batch), identical runs (same data, seeds and config: the
+    original side of a forget-fraction sweep) computed once. A side's ``seconds`` is its share
+    of the call's wall time (the call's time × its runs / the call's runs); ``seconds_per_run``
+    divides by S.
     """
-    gold_logits = predict(gold, ctx.apply_fn, ctx.dataset, ctx.split.forget)
-    rows = []
-    for name, (state, meta) in states.items():
-        density = masks_lib.density(state.mask, ctx.prunable)
-        mm = (metrics_lib.mask_metrics(state.mask, gold.mask, ctx.prunable, original=original.mask)
-              if density < 1 else None)
-        acc = metrics_lib.unlearning_accuracies(state, ctx.apply_fn, ctx.dataset, ctx.split)
-        logits = predict(state, ctx.apply_fn, ctx.dataset, ctx.split.forget)
-        seconds = meta.get("method_seconds", meta.get("seconds"))
-        compile_s = meta.get("compile_seconds", 0.0)
-        llr = (membership or {}).get("candidates", {}).get(name)
-        rows.append(
-            {
-                "model": name,
-                **acc,
-                "density": density,
-                "IoU_gold": mm and mm["jaccard"],
-                "IoU_gold_corrected": mm and mm["jaccard_corrected"],
-                "hamming_gold": mm and mm["hamming"],
-                "delta_J": mm and mm["delta_jaccard"],
-                "corrected_fraction": mm and mm["corrected_fraction"],
-                "LLR_normalised": llr and llr["normalised"],
-                "JS_gold_forget": metrics_lib.mean_js(logits, gold_logits),
-                "weight_distance_gold": metrics_lib.weight_distance(
-                    state.params, gold.params, state.mask, gold.mask, ctx.prunable),
-                "seconds": seconds,
-                "compile_seconds": compile_s,
-                "RTE": (seconds - compile_s) / gold_seconds,
-                "diverged": meta.get("diverged"),
-                "mask_metrics": mm,
-            }
-        )
-    return rows
+    out: list[dict] = [{} for _ in ctxs]
+    for side in SIDES:
+        todo = []
+        for i, ctx in enumerate(ctxs):
+            if side not in sides_of(ctx.cfg):
+                continue
+            name = f"sides/{side}"
+            like = {"dense": ctx.stacked_init(), "sparse": ctx.stacked_init()}
+            if ctx.done(name):
+                out[i][side] = ctx.load(name, like)
+            else:
+                todo.append(i)
+        if not todo:
+            continue
+        unique: dict[tuple, int] = {}
+        requests = []  # (context index, run) per distinct run
+        slots = {}
+        for i in todo:
+            for s, r in enumerate(side_runs(ctxs[i], side)):
+                key = r.key(ctxs[i])
+                if key not in unique:
+                    unique[key] = len(requests)
+                    requests.append((i, r))
+                slots[(i, s)] = unique[key]
+        lead = ctxs[requests[0][0]]
+        lead.say(f"[sides/{side}] {len(requests)} pruning runs "
+                 f"({len(todo)} run(s) × {lead.seeds} seeds, {len(todo) * lead.seeds - len(requests)}"
+                 f" shared)")
+        try:
+            with Stopwatch() as sw:
+                res = prune_lib.run_many(
+                    runs.stack([ctxs[i].init for i, _ in requests]), lead.apply_fn, lead.tx,
+                    lead.dataset, [r.subset for _, r in requests], [r.train_cfg for _, r in requests],
+                    [r.prune_cfg for _, r in requests], lead.prunable,
+                    order_pool=lead.split.train, desc=f"{side} ", trainer=lead.trainer)
+        except DivergenceError as e:
+            raise ValueError(
+                f"the {side} side's training diverged ({e}); lower train.lr, or raise "
+                "train.max_loss if the loss limit is too tight") from None
+        dense, sparse = runs.unstack(res.dense), runs.unstack(res.sparse)
+        for i in todo:
+            ctx = ctxs[i]
+            picks = [slots[(i, s)] for s in range(ctx.seeds)]
+            share = len(picks) / len(requests)
+            meta = {"history": [res.history[j] for j in picks],
+                    "seconds": sw.seconds * share, "compile_seconds": sw.compile_seconds * share,
+                    "shared_runs": len(todo) * lead.seeds - len(requests)}
+            meta["seconds_per_run"] = (meta["seconds"] - meta["compile_seconds"]) / ctx.seeds
+            tree = {"dense": runs.stack([dense[j] for j in picks]),
+                    "sparse": runs.stack([sparse[j] for j in picks])}
+            ctx.save(f"sides/{side}", tree, meta)
+            out[i][side] = (tree, meta)
+    return out
 
 
-def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
-    """Markdown table of the evaluation rows (percentages for accuracies; '—' where a value is
-    missing or undefined, e.g. in an older run's results).
-
-    ``first = (key, header)`` adds a leading column (the sweep's variant label).
-    """
-
-    def num(key, fmt, scale=1.0):
-        x = r.get(key)
-        return "—" if x is None or x != x else format(scale * x, fmt)
-
-    columns = (("UA", ".2f", 100), ("RA", ".2f", 100), ("TA", ".2f", 100), ("IoU_gold", ".4f"),
-               ("IoU_gold_corrected", ".4f"), ("delta_J", "+.4f"), ("corrected_fraction", ".3f"),
-               ("LLR_normalised", "+.2f"), ("JS_gold_forget", ".4f"),
-               ("weight_distance_gold", ".2f"), ("seconds", ".1f"), ("compile_seconds", ".1f"),
-               ("RTE", ".2f"))
-    head = ("| model | UA % | RA % | TA % | IoU gold | J* gold | ΔJ | corrected | LLR norm | "
-            "JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
-    lead = f"| {first[1]} " if first else ""
-    lines = [lead + head, "|" + "---|" * (len(columns) + 1 + bool(first))]
-    for r in rows:
-        flag = " (diverged)" if r.get("diverged") else ""
-        cells = [f"{r['model']}{flag}"] + [num(*c) for c in columns]
-        lines.append((f"| {r[first[0]]} " if first else "") + "| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+# --- candidates -------------------------------------------------------------------------------
 
 
-def summary_lines(results: dict) -> str:
-    """The run's headline numbers under the table: IoU(original, gold), the seed noise floor,
-    the membership test's AUC."""
-    lines = [f"IoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}"]
-    if results.get("filter_IoU_original_gold") is not None:
-        lines.append(f"filter-level IoU(original, gold) = {results['filter_IoU_original_gold']:.4f}")
-    floor = results.get("noise_floor")
-    if floor:
-        j = floor["jaccard"]
-        lines.append(f"noise floor: IoU between gold masks of {floor['pairs']} seed pairs = "
-                     f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
-    mem = results.get("membership")
-    if mem:
-        gap = mem["gold_mean"] - mem["original_mean"]
-        spread = [float(np.std(mem[k]) / abs(gap)) if gap else float("nan")
-                  for k in ("original_llr", "gold_llr")]
-        lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
-                     f"{mem['auc']:.3f} (0.5 = the per-weight LLR does not tell masks trained with "
-                     "and without D_f apart; far below 0.5 = it does, inverted, usually because "
-                     "one side's masks are more diverse); LLR norm: 0 = original side's mean, "
-                     "1 = gold side's mean; "
-                     f"the sides' own spread on that scale: ±{spread[0]:.2f} (original), "
-                     f"±{spread[1]:.2f} (gold)")
-    return "\n".join(lines)
+def _diverged(metrics: dict) -> list:
+    """Per run: the divergence message of an unlearning (or un-pruning round), or None."""
+    out = []
+    for m in metrics["runs"]:
+        rounds = m.get("rounds")
+        msgs = [r["method"].get("diverged") for r in rounds] if rounds else [m.get("diverged")]
+        out.append(next((x for x in msgs if x), None))
+    return out
 
 
-def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
-        dataset: Dataset | None = None) -> dict:
-    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON.
-
-    ``dataset``: the already loaded data ``cfg.data`` names (the sweep shares one copy).
-    """
-    t_start = time.perf_counter()
-    ctx = build_context(cfg, run_dir, progress=progress, say=say, dataset=dataset)
-    pruned, prune_meta = stage_prune(ctx)
-    original = pruned["sparse"]
-    states = {
-        "dense (scored by the pruner)": (pruned["dense"], prune_meta),
-        "original (pruned on D)": (original, prune_meta),
-    }
+def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tuple]:
+    """``{(kind, method): (S stacked states, meta)}`` for kind ``baseline`` (the method under the
+    original masks) and ``unprune`` (wrapped in un-pruning), from each original-side model."""
+    cfg, out = ctx.cfg, {}
+    sparse, dense = original["sparse"], original["dense"]
+    like = ctx.stacked_init()
     for method in cfg.unlearn.methods:
-        states[method] = stage_unlearn(ctx, original, method)
-        states[f"{method} + un-prune"] = stage_unprune(
-            ctx, original, pruned["dense"].params, method
-        )
-    gold, gold_meta = stage_gold(ctx)
-    states["gold (retrain + re-prune)"] = (gold["sparse"], gold_meta)
-    seed_originals, seed_golds = stage_seed_masks(ctx)
-    gold_masks = [gold["sparse"].mask] + seed_golds
-    sparse = {k: v[0].mask for k, v in states.items()
-              if masks_lib.density(v[0].mask, ctx.prunable) < 1}
-    membership = floor = None
-    if cfg.evaluate.seeds >= 2:
-        floor = metrics_lib.noise_floor(gold_masks, ctx.prunable)
-        membership = topology_membership([original.mask] + seed_originals, gold_masks,
-                                         ctx.prunable, sparse)
-    rows = evaluate(ctx, states, original, gold["sparse"],
-                    gold_meta["seconds"] - gold_meta.get("compile_seconds", 0.0), membership)
+        method_cfg = cfg.method_config(method)
+
+        def baseline():
+            states, m = unlearn_lib.run(method, sparse, ctx.task(), method_cfg,
+                                        on_divergence="keep_last_good")
+            return states, {"runs": m["runs"], "batched": m["batched"], "diverged": _diverged(m)}
+
+        def unpruned():
+            random_params = None
+            if cfg.unprune.reinit == "random":
+                random_params, _ = init_model(ctx.model, jax.random.PRNGKey(cfg.model.seed + 1),
+                                              ctx.dataset.x[:1])
+            states, info = unprune(sparse, ctx.task(), method, method_cfg, cfg.unprune,
+                                   dense_params=dense.params, prune_cfg=cfg.prune,
+                                   prunable=ctx.prunable, random_params=random_params)
+            return states, {"runs": info["runs"], "diverged": _diverged(info),
+                            "method_seconds": info["method_seconds"]}
+
+        out[("baseline", method)] = ctx.stage(f"unlearn/{method}", like, baseline)
+        out[("unprune", method)] = ctx.stage(f"unprune/{method}", like, unpruned)
+    return out
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def _first(stacked: TrainState) -> TrainState:
+    return runs.unstack(stacked)[0]
+
+
+def row_metrics(ctx: Context, state: TrainState, gold: TrainState, original: TrainState,
+                gold_forget_logits: np.ndarray) -> dict:
+    """One model's row: UA/RA/TA, the corrected SVC-MIA efficacy, mask metrics against gold
+    (None for a dense model, whose mask says nothing), output and weight distance to gold."""
+    split, ds = ctx.split, ctx.dataset
+    logits = {name: predict(state, ctx.apply_fn, ds, idx)
+              for name, idx in (("forget", split.forget), ("retain", split.retain),
+                                ("test", split.test))}
+    acc = {name: float(np.mean(np.argmax(lg, -1) == ds.y[idx])) for (name, lg), idx in
+           zip(logits.items(), (split.forget, split.retain, split.test))}
+    density = masks_lib.density(state.mask, ctx.prunable)
+    mm = (metrics_lib.mask_metrics(state.mask, gold.mask, ctx.prunable, original=original.mask)
+          if density < 1 else None)
+    attack = mia.svc_mia(
+        mia.softmax(logits["retain"]), ds.y[split.retain], mia.softmax(logits["test"]),
+        ds.y[split.test], mia.softmax(logits["forget"]), ds.y[split.forget],
+        feature="m_entropy", n_shadow=min(MIA_SHADOW, split.retain.size, split.test.size),
+        seed=0)
+    return {
+        "UA": 1.0 - acc["forget"], "RA": acc["retain"], "TA": acc["test"],
+        "MIA": attack["efficacy"], "MIA_attack_acc": attack["test_acc"],
+        "density": density,
+        "IoU_gold": mm and mm["jaccard"],
+        "IoU_gold_corrected": mm and mm["jaccard_corrected"],
+        "hamming_gold": mm and mm["hamming"],
+        "delta_J": mm and mm["delta_jaccard"],
+        "corrected_fraction": mm and mm["corrected_fraction"],
+        "JS_gold_forget": metrics_lib.mean_js(logits["forget"], gold_forget_logits),
+        "weight_distance_gold": metrics_lib.weight_distance(
+            state.params, gold.params, state.mask, gold.mask, ctx.prunable),
+        "mask_metrics": mm,
+    }
+
+
+def evaluate(ctx: Context, sides: dict, candidates: dict) -> dict:
+    """The results: one row per model of seed 0 and the S-seed topology measures."""
+    original, gold = _first(sides["original"][0]["sparse"]), _first(sides["gold"][0]["sparse"])
+    gold_meta = sides["gold"][1]
+    gold_per_run = gold_meta["seconds_per_run"]
+    gold_logits = predict(gold, ctx.apply_fn, ctx.dataset, ctx.split.forget)
+    S = ctx.seeds
+
+    def cost(meta: dict) -> dict:
+        per_run = (meta["seconds"] - meta["compile_seconds"]) / S
+        return {"seconds": meta["seconds"] / S, "compile_seconds": meta["compile_seconds"] / S,
+                "RTE": per_run / gold_per_run if gold_per_run > 0 else float("nan")}
+
+    entries = [("dense", None, _first(sides["original"][0]["dense"]), sides["original"][1], None),
+               ("original", None, original, sides["original"][1], None)]
+    for (kind, method), (states, meta) in candidates.items():
+        entries.append((kind, method, _first(states), meta, meta["diverged"][0]))
+    entries.append(("gold", None, gold, gold_meta, None))
+
+    sparse_sets = {}
+    if S >= 2:
+        sparse_sets = {f"{k}/{m}": states.mask for (k, m), (states, _) in candidates.items()}
+    topology = topology_measures(ctx, sides, sparse_sets)
+    rows = []
+    for kind, method, state, meta, diverged in entries:
+        row = {"kind": kind, "method": method,
+               **row_metrics(ctx, state, gold, original, gold_logits), **cost(meta),
+               "diverged": diverged}
+        key = "original" if kind in ("dense", "original") else f"{kind}/{method}"
+        row["LLR_normalised"] = (topology.get("llr", {}).get(key) if kind != "dense" else None)
+        if kind == "gold":
+            row["LLR_normalised"] = topology.get("llr", {}).get("gold")
+        rows.append(row)
     results = {
         "rows": rows,
-        "IoU_original_gold": masks_lib.jaccard(original.mask, gold["sparse"].mask, ctx.prunable),
-        "noise_floor": floor,
-        "membership": membership and {k: v for k, v in membership.items() if k != "candidates"},
+        "IoU_original_gold": masks_lib.jaccard(original.mask, gold.mask, ctx.prunable),
+        "noise_floor": topology.get("noise_floor"),
+        "membership": topology.get("membership"),
+        "seeds": S,
         "split": ctx.split.summary(),
-        "config": cfg.to_dict(),
-        "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
-        "total_seconds": time.perf_counter() - t_start,
+        "config": ctx.cfg.to_dict(),
     }
-    if cfg.prune.selection()["granularity"] == "filter":
+    if ctx.cfg.prune.selection()["granularity"] == "filter":
         results["filter_IoU_original_gold"] = metrics_lib.filter_metrics(
-            original.mask, gold["sparse"].mask, ctx.prunable)["jaccard"]
-    summary = summary_lines(results)
-    table = format_table(rows)
-    ckpt.save_json(ctx.run_dir / "results.json", results)
-    (ctx.run_dir / "results.md").write_text(f"# Results\n\n{table}\n\n{summary}\n")
-    say("\n" + table)
-    say(f"\n{summary}\nresults in {ctx.run_dir / 'results.md'}")
+            original.mask, gold.mask, ctx.prunable)["jaccard"]
     return results
 
 
-def sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=None,
-          strategy: str = "auto", progress: bool = True, say=print) -> dict:
-    """K variants of ``cfg`` (forget fractions or split seeds) as one batched run; see
-    :func:`unprune_jax.sweep.run_sweep`."""
-    from .sweep import run_sweep
+def topology_measures(ctx: Context, sides: dict, candidate_masks: dict) -> dict:
+    """Over the S seeds of each side: the gold side's noise floor and the per-weight membership
+    test (candidates scored from pair 0, as the original mask they came from)."""
+    if ctx.seeds < 2:
+        return {}
+    first = {k: _first_mask(v) for k, v in candidate_masks.items()}
+    o_masks = runs.unstack(sides["original"][0]["sparse"].mask)
+    g_masks = runs.unstack(sides["gold"][0]["sparse"].mask)
+    membership = topology_membership(o_masks, g_masks, ctx.prunable,
+                                     {"original": o_masks[0], "gold": g_masks[0], **first})
+    llr = {k: v["normalised"] for k, v in membership["candidates"].items()}
+    return {"noise_floor": metrics_lib.noise_floor(g_masks, ctx.prunable),
+            "membership": {k: v for k, v in membership.items() if k != "candidates"},
+            "llr": llr}
 
-    return run_sweep(cfg, run_dir, forget_fractions=forget_fractions, seeds=seeds,
-                     strategy=strategy, progress=progress, say=say)
+
+def _first_mask(stacked_mask):
+    return jax.tree.map(lambda a: a[0], stacked_mask)
 
 
-__all__ = ["run", "sweep", "build_context", "evaluate", "format_table", "Context"]
+# --- running ----------------------------------------------------------------------------------
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
+
+
+def finish(ctx: Context, results: dict, t_start: float) -> dict:
+    """Adds the machine and the total time, writes ``results.json`` and ``results.md``."""
+    results = {**results, "machine": _machine(), "total_seconds": time.perf_counter() - t_start}
+    table, summary = report.format_table(results["rows"]), report.summary_lines(results)
+    if ctx.run_dir is not None:
+        ckpt.save_json(ctx.run_dir / "results.json", results)
+        (ctx.run_dir / "results.md").write_text(f"# Results\n\n{table}\n\n{summary}\n")
+    ctx.say("\n" + table)
+    ctx.say(f"\n{summary}" + (f"\nresults in {ctx.run_dir / 'results.md'}" if ctx.run_dir else ""))
+    return results
+
+
+def run_contexts(ctxs: Sequence[Context]) -> list[dict]:
+    """The pipeline for several contexts: their sides batched together, then each one's
+    candidates and evaluation. Returns each context's results."""
+    t_start = time.perf_counter()
+    sides = stage_sides(ctxs)
+    out = []
+    for ctx, s in zip(ctxs, sides):
+        candidates = stage_candidates(ctx, s["original"][0])
+        out.append(finish(ctx, evaluate(ctx, s, candidates), t_start))
+    return out
+
+
+def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
+        dataset: Dataset | None = None, trainer: Trainer | None = None) -> dict:
+    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON."""
+    ctx = build_context(cfg, run_dir, progress=progress, say=say, dataset=dataset,
+                        trainer=trainer)
+    return run_contexts([ctx])[0]
+
+
+__all__ = ["run", "run_contexts", "build_context", "evaluate", "stage_sides", "stage_candidates",
+           "side_runs", "quantity_removed", "Context", "SIDES"]

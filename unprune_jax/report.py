@@ -20,15 +20,95 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .pipeline import format_table, summary_lines
+import numpy as np
 
-__all__ = ["write_report", "load_runs", "comparison_table",
-           "noise_floor_delta_j", "delta_j_figure", "ua_iou_figure"]
+__all__ = ["write_report", "load_runs", "comparison_table", "format_table", "summary_lines",
+           "label", "noise_floor_delta_j", "delta_j_figure", "ua_iou_figure"]
 
-GOLD = "gold (retrain + re-prune)"
-ORIGINAL = "original (pruned on D)"
-DENSE = "dense (scored by the pruner)"
-UNPRUNE_SUFFIX = " + un-prune"
+#: Row kinds of a pipeline result, in table order.
+KINDS = ("dense", "original", "baseline", "unprune", "gold")
+_FIXED_LABELS = {"dense": "dense (scored by the pruner)", "original": "original (pruned on D)",
+                 "gold": "gold (retrain + re-prune)"}
+_UNPRUNE_SUFFIX = " + un-prune"
+
+
+def label(row: dict) -> str:
+    """A result row's display name, from its ``kind`` and ``method`` (rows of results files
+    written before rows had kinds carry their name in ``model``)."""
+    if "kind" not in row:
+        return row["model"]
+    if row["kind"] in _FIXED_LABELS:
+        return _FIXED_LABELS[row["kind"]]
+    return row["method"] + (_UNPRUNE_SUFFIX if row["kind"] == "unprune" else "")
+
+
+def _kind(row: dict) -> tuple[str, str | None]:
+    """``(kind, method)`` of a row, also for rows of older results files."""
+    if "kind" in row:
+        return row["kind"], row.get("method")
+    name = row["model"]
+    for kind, text in _FIXED_LABELS.items():
+        if name == text:
+            return kind, None
+    if name.endswith(_UNPRUNE_SUFFIX):
+        return "unprune", name[: -len(_UNPRUNE_SUFFIX)]
+    return "baseline", name
+
+
+# --- the results table -----------------------------------------------------------------------
+
+
+def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
+    """Markdown table of pipeline result rows (percentages for accuracies; '—' where a value is
+    missing or undefined, e.g. in an older run's results).
+
+    ``first = (key, header)`` adds a leading column (the sweep's variant label).
+    """
+
+    def num(key, fmt, scale=1.0):
+        x = r.get(key)
+        return "—" if x is None or x != x else format(scale * x, fmt)
+
+    columns = (("UA", ".2f", 100), ("RA", ".2f", 100), ("TA", ".2f", 100), ("MIA", ".2f", 100),
+               ("IoU_gold", ".4f"), ("IoU_gold_corrected", ".4f"), ("delta_J", "+.4f"),
+               ("corrected_fraction", ".3f"), ("LLR_normalised", "+.2f"),
+               ("JS_gold_forget", ".4f"), ("weight_distance_gold", ".2f"), ("seconds", ".1f"),
+               ("compile_seconds", ".1f"), ("RTE", ".2f"))
+    head = ("| model | UA % | RA % | TA % | MIA % | IoU gold | J* gold | ΔJ | corrected | LLR norm "
+            "| JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
+    lead = f"| {first[1]} " if first else ""
+    lines = [lead + head, "|" + "---|" * (len(columns) + 1 + bool(first))]
+    for r in rows:
+        flag = " (diverged)" if r.get("diverged") else ""
+        cells = [f"{label(r)}{flag}"] + [num(*c) for c in columns]
+        lines.append((f"| {r[first[0]]} " if first else "") + "| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict) -> str:
+    """The run's headline numbers under the table: IoU(original, gold), the seed noise floor,
+    the membership test's AUC."""
+    lines = [f"IoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}"]
+    if results.get("filter_IoU_original_gold") is not None:
+        lines.append(f"filter-level IoU(original, gold) = {results['filter_IoU_original_gold']:.4f}")
+    floor = results.get("noise_floor")
+    if floor:
+        j = floor["jaccard"]
+        lines.append(f"noise floor: IoU between gold masks of {floor['pairs']} seed pairs = "
+                     f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
+    mem = results.get("membership")
+    if mem:
+        gap = mem["gold_mean"] - mem["original_mean"]
+        spread = [float(np.std(mem[k]) / abs(gap)) if gap else float("nan")
+                  for k in ("original_llr", "gold_llr")]
+        lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
+                     f"{mem['auc']:.3f} (0.5 = the per-weight LLR does not tell masks trained with "
+                     "and without D_f apart; far below 0.5 = it does, inverted, usually because "
+                     "one side's masks are more diverse); LLR norm: 0 = original side's mean, "
+                     "1 = gold side's mean; "
+                     f"the sides' own spread on that scale: ±{spread[0]:.2f} (original), "
+                     f"±{spread[1]:.2f} (gold)")
+    return "\n".join(lines)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -105,13 +185,13 @@ def comparison_table(runs: list[dict]) -> str:
     order: list[str] = []
     for run in runs:
         for r in run["results"]["rows"]:
-            if r["model"] not in order:
-                order.append(r["model"])
+            if label(r) not in order:
+                order.append(label(r))
     lines = ["| model | run | UA % | RA % | TA % | IoU gold | ΔJ | RTE |",
              "|---|---|---|---|---|---|---|---|"]
     for name in order:
         for run in runs:
-            row = next((r for r in run["results"]["rows"] if r["model"] == name), None)
+            row = next((r for r in run["results"]["rows"] if label(r) == name), None)
             if row is None:
                 continue
             lines.append(
@@ -177,14 +257,19 @@ def _summary(results: dict) -> str:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def _unpruned_methods(runs: list[dict]) -> list[str]:
+def _methods(runs: list[dict], kinds=("unprune",)) -> list[str]:
+    """Methods with a row of one of ``kinds``, in first-seen order."""
     out: list[str] = []
     for run in runs:
         for r in run["results"]["rows"]:
-            name = r["model"]
-            if name.endswith(UNPRUNE_SUFFIX) and name[: -len(UNPRUNE_SUFFIX)] not in out:
-                out.append(name[: -len(UNPRUNE_SUFFIX)])
+            kind, method = _kind(r)
+            if kind in kinds and method not in out:
+                out.append(method)
     return out
+
+
+def _row(run: dict, kind: str, method: str | None = None) -> dict | None:
+    return next((r for r in run["results"]["rows"] if _kind(r) == (kind, method)), None)
 
 
 def delta_j_figure(runs: list[dict]):
@@ -193,7 +278,7 @@ def delta_j_figure(runs: list[dict]):
     no run has an un-pruned model."""
     from matplotlib.figure import Figure
 
-    methods = _unpruned_methods(runs)
+    methods = _methods(runs)
     if not methods:
         return None
     n = len(runs)
@@ -203,10 +288,9 @@ def delta_j_figure(runs: list[dict]):
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(n)]
     for i, run in enumerate(runs):
-        rows = {r["model"]: r for r in run["results"]["rows"]}
         xs, ys = [], []
         for k, meth in enumerate(methods):
-            r = rows.get(meth + UNPRUNE_SUFFIX)
+            r = _row(run, "unprune", meth)
             if r is not None and r.get("delta_J") is not None:
                 xs.append(k - 0.4 + width * (i + 0.5))
                 ys.append(r["delta_J"])
@@ -230,9 +314,6 @@ def delta_j_figure(runs: list[dict]):
     return fig
 
 
-_MARKERS = {"baseline": "o", "un-prune": "^"}
-
-
 def ua_iou_figure(runs: list[dict]):
     """One panel per run: UA (%) against IoU to the gold mask for every sparse model row. A
     matplotlib ``Figure``, or None when no row has a mask metric."""
@@ -240,12 +321,8 @@ def ua_iou_figure(runs: list[dict]):
 
     if not any(r.get("IoU_gold") is not None for run in runs for r in run["results"]["rows"]):
         return None
-    methods = _unpruned_methods(runs)
-    for run in runs:  # baselines without an un-pruned twin still get a colour
-        for r in run["results"]["rows"]:
-            if r["model"] not in (DENSE, ORIGINAL, GOLD) and not r["model"].endswith(
-                    UNPRUNE_SUFFIX) and r["model"] not in methods:
-                methods.append(r["model"])
+    # baselines without an un-pruned twin still get a colour
+    methods = _methods(runs, ("unprune", "baseline"))
     color = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     n = len(runs)
     cols = min(n, 3)
@@ -258,22 +335,20 @@ def ua_iou_figure(runs: list[dict]):
         for r in run["results"]["rows"]:
             if r.get("IoU_gold") is None:
                 continue  # the dense model: no mask to compare
-            name = r["model"]
-            if name == GOLD:
-                style = dict(marker="*", s=160, color="goldenrod", label=GOLD)
-            elif name == ORIGINAL:
-                style = dict(marker="x", s=50, color="black", zorder=3,
-                             label="original (pruned on D)")
-            elif name.endswith(UNPRUNE_SUFFIX):
-                base = name[: -len(UNPRUNE_SUFFIX)]
-                style = dict(marker="^", s=60, color=color[base], label=name)
+            kind, method = _kind(r)
+            if kind == "gold":
+                style = dict(marker="*", s=160, color="goldenrod", label=label(r))
+            elif kind == "original":
+                style = dict(marker="x", s=50, color="black", zorder=3, label=label(r))
+            elif kind == "unprune":
+                style = dict(marker="^", s=60, color=color[method], label=label(r))
             else:
                 # hollow and large: it shares its IoU (same mask) with the original's cross
-                style = dict(marker="o", s=110, facecolors="none", edgecolors=color[name],
-                             linewidths=1.5, label=f"{name} (original mask)")
+                style = dict(marker="o", s=110, facecolors="none", edgecolors=color[method],
+                             linewidths=1.5, label=f"{method} (original mask)")
             h = ax.scatter(r["IoU_gold"], 100 * r["UA"], **style)
             handles.setdefault(style["label"], h)
-        gold = next((r for r in run["results"]["rows"] if r["model"] == GOLD), None)
+        gold = _row(run, "gold")
         if gold is not None:
             ax.axhline(100 * gold["UA"], color="goldenrod", ls=":", lw=1)
         ax.set_title(run["label"])
