@@ -135,13 +135,19 @@ def prunable_for(cfg: PruneConfig, prunable, params):
 
 
 def select(scores, density: float, cfg: PruneConfig, prunable, candidates=None):
-    """The mask keeping the top ``density`` of ``scores`` as ``cfg`` selects."""
+    """The mask keeping the top ``density`` of ``scores`` as ``cfg`` selects.
+
+    ``candidates`` (a mask; IMP and SynFlow pass the previous round's) restrict the selection:
+    no unit outside them is kept, and fewer than ``round(density · n)`` candidates raise.
+    """
     return masks_lib.topk_mask(scores, density, prunable, candidates=candidates,
                                **cfg.selection())
 
 
 def reprune_scores(params, cfg: PruneConfig):
-    """The score for (re-)pruning trained weights: |θ|, or filter L2 norms for filter masks."""
+    """The score for (re-)pruning trained weights: |θ|, or for filter masks each filter's L2 norm
+    on all its entries (``scores.filter_l2``), which filter selection ranks by that value: a
+    filter's score is the mean of its entries' (``masks.topk_mask``), so fan-in does not weigh."""
     if cfg.selection()["granularity"] == "filter":
         return scores_lib.filter_l2(params)
     return scores_lib.magnitude(params)
