@@ -88,6 +88,9 @@ def make_train_step(
     gradient, weight decay or momentum say (SalUn, SFR-on). ``clip_norm`` clips the masked
     gradient's global norm.
 
+    A mask (``state.mask``, ``update_mask``) that does not fit the params raises ``ValueError``
+    when the step is traced (``masks.check_mask``), before any computation.
+
     Cached per (apply_fn, tx, loss_fn, clip_norm): every stage that shares them shares one
     compilation. ``metrics`` holds the batch's ``loss``, ``correct`` (weighted count of correct
     predictions) and ``weight`` (Σ|w|).
@@ -96,6 +99,10 @@ def make_train_step(
     def step(state: TrainState, x, y, w, extra=None):
         extra = {} if extra is None else extra
         freeze = extra.get("update_mask")
+        # at trace time, on the tracers' shapes and dtypes: free for every call after the first
+        masks_lib.check_mask(state.params, state.mask)
+        if freeze is not None:
+            masks_lib.check_mask(state.params, freeze)
 
         def objective(params):
             logits, new_model_state = apply_fn(params, state.model_state, x, True)
