@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import masks as masks_lib
 from . import optim
+from .checks import check_numbers
 from .data import Dataset, batch_indices
 
 PyTree = Any
@@ -184,7 +185,8 @@ def accuracy(state, apply_fn, dataset: Dataset, indices, batch_size: int = 1000)
 class TrainConfig:
     """One training run: SGD with momentum and weight decay, a step learning-rate schedule.
 
-    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e).
+    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e). Every number
+    must be finite (``checks.check_numbers``; the unlearning methods' subclasses inherit this).
     """
 
     epochs: int = 3
@@ -198,11 +200,9 @@ class TrainConfig:
     max_loss: float | None = None
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be ≥ 0 and batch_size ≥ 1, got {self.epochs}, "
-                             f"{self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        check_numbers(self, type(self).__name__, positive=("lr", "gamma", "max_loss"),
+                      nonnegative=("epochs", "weight_decay", "seed"), at_least_one=("batch_size",),
+                      unit=("momentum",))
 
 
 class DivergenceError(RuntimeError):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import masks as masks_lib
+from .checks import check_numbers
 from .registry import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
@@ -75,12 +76,8 @@ class UnpruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"unprune fraction (p_θ) must be in (0, 1], got {self.fraction}")
-        if self.rounds < 1:
-            raise ValueError(f"unprune rounds must be ≥ 1, got {self.rounds}")
-        if self.gradient_examples < 1:
-            raise ValueError(f"gradient_examples must be ≥ 1, got {self.gradient_examples}")
+        check_numbers(self, "unprune", fraction=("fraction",), nonnegative=("seed",),
+                      at_least_one=("rounds", "gradient_examples"))
         for name, valid in (("regrow_score", REGROW_SCORES), ("reinit", ("theta0", "random")),
                             ("reprune_score", REPRUNE_SCORES)):
             if getattr(self, name) not in valid:
