@@ -273,6 +273,11 @@ def test_candidates_never_admit_a_non_candidate():
         masks.topk_mask(scores, 0.5, flags, candidates=two)
     with pytest.raises(ValueError, match=r"candidates keep 2 of the 10"):
         masks.topk_mask(scores, 0.5, flags, "per_layer", candidates=two)
+    # a candidate scoring -inf still ranks above every non-candidate
+    s = {"w": {"kernel": jnp.array([[-jnp.inf, -jnp.inf, -jnp.inf, 3.0, 4.0]])}}
+    cand = {"w": {"kernel": jnp.array([[False, True, True, False, False]])}}
+    m = masks.topk_mask(s, 0.4, {"w": {"kernel": True}}, candidates=cand)
+    np.testing.assert_array_equal(m["w"]["kernel"], cand["w"]["kernel"])
 
 
 def test_per_layer_candidates_move_the_surplus_to_layers_with_room():

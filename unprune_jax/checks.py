@@ -48,7 +48,10 @@ class ConfigValueError(ValueError):
 @functools.lru_cache(maxsize=None)
 def _number_fields(cls) -> tuple[tuple[str, bool], ...]:
     """``(name, is_tuple)`` of the fields of ``cls`` annotated with int or float."""
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: check what does
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
     out = []
     for f in dataclasses.fields(cls):
         tp, in_tuple = hints[f.name], False

@@ -166,18 +166,15 @@ ALLOCATIONS = ("uniform", "erk")
 def _topk_flat(scores: jax.Array, k: int, candidates: jax.Array | None = None) -> jax.Array:
     """Bool vector keeping the ``k`` largest scores; ties go to the lower index, always.
 
-    With ``candidates`` (bool, like ``scores``), candidates rank before every non-candidate
-    whatever the scores (even -inf or equal ones), so at most ``k`` ≤ Σ candidates are kept,
-    all of them candidates.
+    With ``candidates`` (bool, like ``scores``) every candidate ranks above every non-candidate:
+    non-candidates score -inf and a candidate's own -inf is lifted to the lowest finite value
+    (NaN stays first, as without candidates). So for ``k`` ≤ Σ candidates only candidates are
+    kept, whatever the scores.
     """
-    k = jnp.asarray(k, jnp.int32)
-    if candidates is None:
-        return _keep_top(scores, k)
-    return _keep_top_among(scores, k, candidates)
-
-
-def _ranks(order: jax.Array) -> jax.Array:
-    return jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
+    if candidates is not None:
+        low = jnp.finfo(scores.dtype).min
+        scores = jnp.where(candidates, jnp.maximum(scores, low), -jnp.inf)
+    return _keep_top(scores, jnp.asarray(k, jnp.int32))
 
 
 @jax.jit
@@ -185,15 +182,10 @@ def _keep_top(scores: jax.Array, k: jax.Array) -> jax.Array:
     # A stable descending sort keeps equal scores in index order: deterministic tie-breaking.
     # k is traced, so iterative pruners (SynFlow's 100 rounds, IMP) reuse one compilation per
     # shape instead of compiling a new slice for every k.
-    return _ranks(jnp.argsort(scores, descending=True, stable=True)) < k
-
-
-@jax.jit
-def _keep_top_among(scores: jax.Array, k: jax.Array, candidates: jax.Array) -> jax.Array:
     order = jnp.argsort(scores, descending=True, stable=True)
-    # a second stable sort on "not a candidate" moves the candidates first, in score order
-    order = order[jnp.argsort(~candidates[order], stable=True)]
-    return _ranks(order) < k
+    ranks = jnp.zeros(scores.shape, jnp.int32).at[order].set(
+        jnp.arange(scores.size, dtype=jnp.int32))
+    return ranks < k
 
 
 def _unit_view(leaf, path: str, granularity: str, allow_dense_filters: bool):
