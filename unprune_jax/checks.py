@@ -34,7 +34,7 @@ RANGES = {
 
 
 class ConfigValueError(ValueError):
-    """A config field holds a value it must not: ``f'{section}.{field} {problem}, got {value!r}'``."""
+    """A config field's bad value: ``'{section}.{field} {problem}, got {value!r}'``."""
 
     def __init__(self, section: str, field: str, problem: str, value):
         self.section, self.field, self.problem, self.value = section, field, problem, value

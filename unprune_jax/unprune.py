@@ -57,7 +57,8 @@ class UnpruneConfig:
         reinit: ``'theta0'`` (default; the paper reports it beats random) or ``'random'``.
         random_scale: factor on the fresh initialiser draw for ``reinit='random'``.
         reprune_score: ``'magnitude'`` (default, LWM, as the original pruner) or ``'gradient'``,
-            |θ ⊙ ∇L_Dr(θ)| at the unlearned weights. Filter masks aggregate either per filter.
+            |θ ⊙ ∇L_Dr(θ)| at the unlearned weights. Filter masks rank a filter by the mean of
+            its entries' scores (``masks.topk_mask``), for either score.
         gradient_examples: retained examples the gradient scores average over.
         seed: for the gradient scores' examples and the random regrow score.
 
