@@ -136,3 +136,16 @@ def test_filter_pruning_of_an_mlp_needs_dense_filters():
               scope="per_layer", retrain_epochs=0)
     k = np.asarray(res.sparse.mask["fc0"]["kernel"])
     assert np.all(k.all(0) | ~k.any(0)) and k.all(0).sum() == 4
+
+
+def test_global_filter_repruning_ranks_filters_by_their_l2_norm():
+    # issue 12: conv0 (fan-in 2) has filter norms 1.0, conv1 (fan-in 36) 0.5. Re-pruning to
+    # half the filters keeps conv0's two and the first of conv1's four equal ones; summing the
+    # broadcast norm over the fan-in (36 · 0.5 > 2 · 1.0) kept three of conv1's and none of conv0's.
+    k0 = np.broadcast_to(np.float32([0.6, 0.8])[:, None], (1, 1, 2, 2))
+    params = {"conv0": {"kernel": k0}, "conv1": {"kernel": np.full((3, 3, 4, 4), 0.5 / 6)}}
+    cfg = prune.PruneConfig(density=0.5, granularity="filter")
+    flags = masks.prunable_leaves(params)
+    mask = prune.select(prune.reprune_scores(params, cfg), cfg.density, cfg, flags)
+    kept = {k: np.asarray(v["kernel"]).any(axis=(0, 1, 2)).tolist() for k, v in mask.items()}
+    assert kept == {"conv0": [True, True], "conv1": [True, False, False, False]}

@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .checks import ConfigValueError, check_numbers
 from .registry import closest_name, unknown_name_error
 from .prune import PruneConfig
 from .train import TrainConfig
@@ -47,9 +48,10 @@ class ModelConfig:
     prunable_exclude: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        from .models import default_prunable
+        from .models import check_model_kwargs, default_prunable
 
         include, exclude = default_prunable(self.name)  # also rejects an unknown model name
+        check_model_kwargs(self.name, self.kwargs)
         if self.prunable_include is None:
             object.__setattr__(self, "prunable_include", include)
         if self.prunable_exclude is None:
@@ -77,8 +79,7 @@ class EvaluateConfig:
     seeds: int = 8
 
     def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"evaluate.seeds must be ≥ 1, got {self.seeds}")
+        check_numbers(self, "evaluate", at_least_one=("seeds",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,8 @@ def _coerce(tp, value, where: str):
         if isinstance(value, (str, int, float)):
             value = [value]
         return tuple(_coerce(args[0], v, where) for v in value)
+    if tp in (int, float) and isinstance(value, bool):  # bool is an int: true would read as 1
+        raise ValueError(f"config {where} must be {tp.__name__}, got {value!r}")
     if tp is float and isinstance(value, int):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
@@ -152,7 +155,10 @@ def from_dict(cls, d: dict, where: str = ""):
         if key not in fields:
             raise _unknown(key, fields, where)
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as e:  # name the key as the config spells it: train.lr
+        raise (e.renamed(f"config {where}") if where else e) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -196,4 +202,5 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if name not in REGISTRY:
             raise unknown_name_error("unlearning method in unlearn.settings", name, REGISTRY,
                                      cutoff=0.3)
+        cfg.method_config(name)  # its values too, also for a method not in unlearn.methods
     return cfg

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import masks as masks_lib
 from . import optim
+from .checks import check_numbers
 from .data import Dataset, batch_indices
 
 PyTree = Any
@@ -88,6 +89,9 @@ def make_train_step(
     gradient, weight decay or momentum say (SalUn, SFR-on). ``clip_norm`` clips the masked
     gradient's global norm.
 
+    A mask (``state.mask``, ``update_mask``) that does not fit the params raises ``ValueError``
+    when the step is traced (``masks.check_mask``), before any computation.
+
     Cached per (apply_fn, tx, loss_fn, clip_norm): every stage that shares them shares one
     compilation. ``metrics`` holds the batch's ``loss``, ``correct`` (weighted count of correct
     predictions) and ``weight`` (Σ|w|).
@@ -96,6 +100,10 @@ def make_train_step(
     def step(state: TrainState, x, y, w, extra=None):
         extra = {} if extra is None else extra
         freeze = extra.get("update_mask")
+        # at trace time, on the tracers' shapes and dtypes: free for every call after the first
+        masks_lib.check_mask(state.params, state.mask)
+        if freeze is not None:
+            masks_lib.check_mask(state.params, freeze)
 
         def objective(params):
             logits, new_model_state = apply_fn(params, state.model_state, x, True)
@@ -177,7 +185,8 @@ def accuracy(state, apply_fn, dataset: Dataset, indices, batch_size: int = 1000)
 class TrainConfig:
     """One training run: SGD with momentum and weight decay, a step learning-rate schedule.
 
-    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e).
+    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e). Every number
+    must be finite (``checks.check_numbers``; the unlearning methods' subclasses inherit this).
     """
 
     epochs: int = 3
@@ -191,11 +200,9 @@ class TrainConfig:
     max_loss: float | None = None
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be ≥ 0 and batch_size ≥ 1, got {self.epochs}, "
-                             f"{self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        check_numbers(self, type(self).__name__, positive=("lr", "gamma", "max_loss"),
+                      nonnegative=("epochs", "weight_decay", "seed"), at_least_one=("batch_size",),
+                      unit=("momentum",))
 
 
 class DivergenceError(RuntimeError):
