@@ -19,16 +19,6 @@ from pathlib import Path
 
 from .registry import closest_name, unknown_name_error
 
-#: One line per dataset name ``data.load_dataset`` accepts (``data.DATASET_NAMES``).
-DATASET_DESCRIPTIONS = {
-    "fashion_mnist": "FashionMNIST from its four IDX files (default directory: the Debian package "
-                     "dataset-fashion-mnist); 28×28×1 images, 10 classes, official test split",
-    "synthetic": "class-mean images plus Gaussian noise, 28×28×1, 10 classes; for tests and "
-                 "examples (seconds)",
-    "tfds:<name>": "any prepared TensorFlow Datasets dataset through tfds.data_source, e.g. "
-                   "tfds:cifar10 (needs the tfds extra; no download here)",
-}
-
 #: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``pipeline.sweep``).
 STRATEGIES = {
     "auto": "time each strategy on the real shapes once; never pick one slower than the loop",
@@ -163,10 +153,9 @@ def list_entries(category: str) -> dict[str, str]:
 
         return {name: desc for name, (_, desc) in MODELS.items()}
     if category == "datasets":
-        from .data import DATASET_NAMES
+        from .data import DATASETS
 
-        return {name: DATASET_DESCRIPTIONS.get(name, "(no description)") for name in
-                DATASET_NAMES}
+        return DATASETS.describe()
     raise unknown_name_error("list category", category, LIST_CATEGORIES)
 
 
