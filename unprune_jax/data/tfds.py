@@ -144,33 +144,23 @@ class LazyImages:
     (train, then test). Records are read and processed on ``num_workers`` threads (Pillow
     decoding and resizing release the GIL).
 
+    Args:
+        sources: TFDS random-access data sources (``len`` and ``[int] -> record``).
+        image_key: The record key of the image.
+        image_shape: ``(H, W, C)`` of every returned image.
+        resize: ``(size, crop_fraction)``: resize the shorter side to ``size / crop_fraction`` and
+            center-crop ``size × size``; None takes the decoded images as they are (they must
+            then all have ``image_shape``).
+        num_workers: Threads per batch; default ``min(32, os.cpu_count())``.
+
     Attributes:
-        shape: ``(N, H, W, C)``.
-        dtype: float32.
-        ndim: 4.
+        shape: ``(N, H, W, C)``; ``dtype``: float32; ``ndim``: 4.
     """
 
     decoded_on_access = True  # tells Dataset to keep it as it is
 
-    def __init__(
-        self,
-        sources: Sequence[Any],
-        image_key: str,
-        image_shape: Sequence[int],
-        *,
-        resize: tuple[int, float] | None = None,
-        num_workers: int | None = None,
-    ) -> None:
-        """
-        Args:
-            sources: TFDS random-access data sources (``len`` and ``[int] -> record``).
-            image_key: The record key of the image.
-            image_shape: ``(H, W, C)`` of every returned image.
-            resize: ``(size, crop_fraction)``: resize the shorter side to
-                ``size / crop_fraction`` and center-crop ``size × size``; None takes the decoded
-                images as they are (they must then all have ``image_shape``).
-            num_workers: Threads per batch; default ``min(32, os.cpu_count())``.
-        """
+    def __init__(self, sources: Sequence[Any], image_key: str, image_shape: Sequence[int], *,
+                 resize: tuple[int, float] | None = None, num_workers: int | None = None):
         self._sources = list(sources)
         self._ends = np.cumsum([len(s) for s in self._sources]).astype(np.int64)
         self._image_key = image_key
@@ -230,23 +220,17 @@ class LazyImages:
 
 
 def _read_data_source(source: Any, image_key: str | None, label_key: str):
-    """Reads every record of a TFDS random-access data source.
+    """Every record of a TFDS random-access data source, read in chunks of 4096.
 
-    Returns ``(images, labels)``; ``images`` is None when ``image_key`` is None (labels only).
+    Returns ``(images, labels)``; ``images`` is None when ``image_key`` is None (labels only),
+    both None for an empty source.
     """
-    n = len(source)
     images, labels = [], []
-    chunk = 4096
-    getitems = getattr(source, "__getitems__", None)
-    for start in range(0, n, chunk):
-        keys = list(range(start, min(start + chunk, n)))
-        records = None
-        if getitems is not None:
-            try:
-                records = getitems(keys)
-            except TypeError:  # some backends (e.g. tfds mocks) lack it
-                getitems = None
-        if records is None:
+    for start in range(0, len(source), 4096):
+        keys = range(start, min(start + 4096, len(source)))
+        try:
+            records = source.__getitems__(list(keys))
+        except (AttributeError, TypeError):  # some backends (e.g. tfds mocks) lack it
             records = [source[k] for k in keys]
         for r in records:
             if image_key is not None:
@@ -259,21 +243,15 @@ def _read_data_source(source: Any, image_key: str | None, label_key: str):
 
 def _read_labels(tfds: Any, builder: Any, name: str, split: str, image_key: str,
                  label_key: str, source: Any) -> np.ndarray:
-    """All labels of a split, without decoding images where TFDS can skip it.
-
-    Skipping needs TFDS's ``SkipDecoding``, which needs TensorFlow (mocked data cannot serve it
-    without); otherwise every record is decoded once, as ``source`` gives it.
-    """
-    import importlib.util  # pylint: disable=import-outside-toplevel
-
-    if importlib.util.find_spec("tensorflow") is None:
-        return _read_data_source(source, None, label_key)[1]
+    """All labels of a split, without decoding images where TFDS can skip it (its
+    ``SkipDecoding`` needs TensorFlow, which mocked data cannot serve); otherwise every record is
+    decoded once, as ``source`` gives it."""
     try:
-        light = _data_source(tfds, builder, name, split,
-                             decoders={image_key: tfds.decode.SkipDecoding()})
-        return _read_data_source(light, None, label_key)[1]
-    except ImportError:
-        return _read_data_source(source, None, label_key)[1]
+        source = _data_source(tfds, builder, name, split,
+                              decoders={image_key: tfds.decode.SkipDecoding()})
+    except (ImportError, TypeError):
+        pass
+    return _read_data_source(source, None, label_key)[1]
 
 
 def _check_labelled(labels: np.ndarray | None, name: str, split: str) -> None:
