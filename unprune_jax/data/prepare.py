@@ -119,12 +119,13 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
                 f"--data-dir, then prepare again")
         return _prepared(builder, name, already=True)
     tfds.display_progress_bar(progress)
-    with tempfile.TemporaryDirectory(prefix=f"prepare_{name}_") as tmp, \
+    root = Path(builder.data_dir_root)  # scratch space next to the data, not in /tmp
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".prepare_{name}_", dir=root) as tmp, \
             _manual_dir(tfds, builder, name, source, Path(tmp)) as manual_dir:
         config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-        builder.download_and_prepare(
-            file_format=FILE_FORMAT, download_config=config,
-            download_dir=None if source is None else Path(tmp) / "downloads")
+        builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config,
+                                     download_dir=Path(tmp) / "downloads")  # gone afterwards
     return _prepared(builder, name)
 
 

@@ -254,6 +254,15 @@ def _read_labels(tfds: Any, builder: Any, name: str, split: str, image_key: str,
     return _read_data_source(source, None, label_key)[1]
 
 
+def _feature(info: Any, key: str, attr: str):
+    """``info.features[key].<attr>`` (``num_classes``, ``shape``), None where it has none."""
+    try:
+        value = getattr(info.features[key], attr)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return None if value is None else (int(value) if attr == "num_classes" else tuple(value))
+
+
 def _check_labelled(labels: np.ndarray | None, name: str, split: str) -> None:
     if labels is not None and labels.size and labels.min() < 0:
         raise ValueError(
@@ -320,21 +329,11 @@ def load_tfds(
     image_key, label_key = "image", "label"
     if info.supervised_keys and len(info.supervised_keys) == 2:
         image_key, label_key = info.supervised_keys
-    num_classes = None
-    try:
-        num_classes = int(info.features[label_key].num_classes)
-    except (AttributeError, KeyError, TypeError):
-        pass
-    native = None
-    try:
-        native = tuple(info.features[image_key].shape)
-    except (AttributeError, KeyError, TypeError):
-        pass
-    varying = native is None or len(native) != 3 or any(d is None for d in native)
-    if lazy is None:
-        lazy = varying
-    if varying and image_size is None:
-        image_size = DEFAULT_IMAGE_SIZE
+    num_classes = _feature(info, label_key, "num_classes")
+    native = _feature(info, image_key, "shape")
+    varying = native is None or len(native) != 3 or None in native
+    lazy = varying if lazy is None else lazy
+    image_size = DEFAULT_IMAGE_SIZE if varying and image_size is None else image_size
     splits = list(getattr(info, "splits", {}).keys())
     test_name = test_split or TFDS_TEST_SPLITS.get(name, "test")
     sources, split_names = [train], ["train"]
