@@ -506,15 +506,27 @@ def test_unlabelled_test_split_is_refused():
 # ------------------------------------------------ DataConfig: the forget set is one thing
 
 
-def test_data_config_forget_set_is_one_thing():
+def test_data_config_forget_fraction_default_is_filled_in():
     from unprune_jax.config import load_config
 
-    assert load_config().data.forget_fraction == 0.1  # the default, filled in
+    assert load_config().data.forget_fraction == 0.1
     assert load_config(None, ["data.forget_fraction=0.3"]).data.forget_fraction == 0.3
     by_class = load_config(None, ["data.forget_classes=[3]"]).data
     assert by_class.forget_classes == (3,) and by_class.forget_fraction is None
+
+
+def test_data_config_refuses_an_empty_forget_class_list():
+    """``forget_classes = []`` used to become a random 10% forget set without a word."""
+    from unprune_jax.config import load_config
+
     with pytest.raises(ValueError, match=r"data.forget_classes is empty"):
         load_config(None, ["data.forget_classes=[]"])
+
+
+def test_data_config_refuses_forget_fraction_with_forget_classes():
+    """``forget_fraction`` used to be ignored when ``forget_classes`` was set too."""
+    from unprune_jax.config import load_config
+
     with pytest.raises(ValueError, match=r"data.forget_fraction \(0.2\) and "
                        r"data.forget_classes \(\[3\]\) are both set"):
         load_config(None, ["data.forget_classes=[3]", "data.forget_fraction=0.2"])

@@ -124,8 +124,16 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None, *,
     with tempfile.TemporaryDirectory(prefix=f".prepare_{name}_", dir=root) as tmp, \
             _manual_dir(tfds, builder, name, source, Path(tmp)) as manual_dir:
         config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-        builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config,
-                                     download_dir=Path(tmp) / "downloads")  # gone afterwards
+        try:
+            builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config,
+                                         download_dir=Path(tmp) / "downloads")  # gone afterwards
+        except OSError as e:  # a broken download (requests' errors are OSErrors), a full disk
+            if source is not None or isinstance(e, FileNotFoundError):
+                raise
+            raise DatasetNotPreparedError(
+                f"preparing {name} failed: {e}. If the download is what failed, copy the "
+                f"official archive here and run `{prepare_command(name, root)} --from ARCHIVE`."
+            ) from e
     return _prepared(builder, name)
 
 
@@ -205,9 +213,11 @@ def _manual_dir(tfds, builder, name: str, source, tmp: Path):
 def _check_reachable(name: str, urls: list[str], data_root) -> None:
     """Fails fast where the download host cannot be reached (TFDS would retry for minutes)."""
     for url in urls[:1]:
-        host = urllib.parse.urlparse(url).hostname
+        parsed = urllib.parse.urlparse(url)
+        host = parsed.hostname
         try:
-            socket.create_connection((host, 443), timeout=10).close()
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            socket.create_connection((host, port), timeout=10).close()
         except OSError as e:
             raise DatasetNotPreparedError(
                 f"cannot download {name}: {host} is unreachable ({e}). Copy the official "

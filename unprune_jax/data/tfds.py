@@ -118,8 +118,10 @@ def _resize_center_crop(image: np.ndarray, size: int, crop_fraction: float) -> n
     Returns:
         uint8 ``(size, size, C)``.
     """
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
+    try:
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise MissingExtraError(f"resizing images needs Pillow: {TFDS_EXTRA_HINT}") from e
     h, w, c = image.shape
     short = max(size, int(round(size / crop_fraction)))
     if min(h, w) != short:
