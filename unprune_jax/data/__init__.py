@@ -1,12 +1,8 @@
 """Datasets, train/val/test/forget splits and index batching (pure numpy).
 
-Every dataset is held as ONE pool of examples: for sources with an official
-train/test split (FashionMNIST, most TFDS image datasets) the pool is the
-official train split followed by the official test split, and
-:attr:`Dataset.test_pool` holds the pool indices of the official test
-examples. Splits and batches refer to examples by their integer index into that
-pool, so a split can be stored as plain JSON and re-applied to the same
-dataset later.
+Every dataset is held as ONE pool of examples: the official train split followed by the official
+test split, whose pool indices are :attr:`Dataset.test_pool`. Splits and batches refer to
+examples by their index into that pool, so a split is plain JSON, re-applied to the same dataset.
 
 Typical use::
 
@@ -16,10 +12,9 @@ Typical use::
     for b_idx, b_w in zip(idx, w):
         xb, yb = ds.x[b_idx], ds.y[b_idx]   # b_w masks the padding
 
-Modules: :mod:`.dataset` (the container and the name registry), :mod:`.idx` (IDX files),
+Modules: :mod:`.dataset` (the container, the name registry), :mod:`.idx` (IDX files),
 :mod:`.tfds` (TensorFlow Datasets), :mod:`.prepare` (preparing a TFDS dataset once),
-:mod:`.synthetic`, :mod:`.split`, :mod:`.batching`. The package does not import jax: its
-outputs are plain numpy arrays that ``jnp.asarray`` accepts directly.
+:mod:`.synthetic`, :mod:`.split`, :mod:`.batching`. No jax here: outputs are numpy arrays.
 """
 
 from .batching import batch_indices, epoch_order

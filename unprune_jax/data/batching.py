@@ -69,13 +69,12 @@ def batch_indices(
         drop_remainder: Drop the last partial batch instead of padding it.
 
     Returns:
-        ``(idx, weight)``: int64 ``(num_batches, batch_size)`` indices and
-        float32 ``(num_batches, batch_size)`` weights, 1 for real examples
-        and 0 for padding. Empty ``indices`` give ``num_batches == 0``.
+        ``(idx, weight)``: int64 indices and float32 weights (1 real, 0 padding), both
+        ``(num_batches, batch_size)``; empty ``indices`` give ``num_batches == 0``.
 
     Raises:
-        ValueError: If ``batch_size`` is not a positive int, ``indices`` is
-            not 1-D integer, or ``shuffle`` is True without a seed.
+        ValueError: A ``batch_size`` that is not a positive int, ``indices`` not 1-D integer, or
+            ``shuffle`` without a seed.
     """
     batch_size = check_int(batch_size, "batch_size", 1)
     idx = as_index_array(indices, "indices")

@@ -119,23 +119,17 @@ _TFDS_PREFIX = "tfds:"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **kw: Any) -> Dataset:
-    """Loads a dataset by name.
+    """Loads a dataset by name (``unprune-jax list datasets`` lists them).
 
     Args:
-        name: ``"fashion_mnist"`` (IDX files, see :func:`~unprune_jax.data.idx.load_idx_dir`),
-            ``"synthetic"`` (:func:`~unprune_jax.data.synthetic.synthetic_dataset`) or
-            ``"tfds:<name>"`` (:func:`~unprune_jax.data.tfds.load_tfds`); ``unprune-jax list
-            datasets`` lists them.
-        data_dir: Data directory for ``fashion_mnist`` and ``tfds:`` datasets; must be None for
-            ``synthetic``.
+        name: ``"fashion_mnist"`` (:func:`~unprune_jax.data.idx.load_idx_dir`), ``"synthetic"``
+            (:func:`~unprune_jax.data.synthetic.synthetic_dataset`) or ``"tfds:<name>"``
+            (:func:`~unprune_jax.data.tfds.load_tfds`).
+        data_dir: Data directory (None for ``synthetic``).
         **kw: Extra keyword arguments for the loader.
 
-    Returns:
-        The dataset.
-
     Raises:
-        ValueError: For an unknown name; the message lists the valid names and the closest
-            match.
+        ValueError: For an unknown name, listing the valid names and the closest match.
     """
     if isinstance(name, str) and name.startswith(_TFDS_PREFIX):
         if not name[len(_TFDS_PREFIX):]:

@@ -35,24 +35,16 @@ _IDX_DTYPES = {
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads one IDX file (optionally gzip-compressed) into a numpy array.
+    """Reads one IDX file (gzip-compressed when it starts with gzip's magic bytes) into a numpy
+    array of the header's shape, in native byte order.
 
-    The header is parsed rather than skipped: two zero bytes, a one-byte
-    type code (0x08 = unsigned byte, also 0x09/0x0B/0x0C/0x0D/0x0E), a
-    one-byte number of dimensions, then one big-endian uint32 per dimension.
-    A file is treated as gzip-compressed when it starts with the gzip magic
-    bytes, whatever its name.
-
-    Args:
-        path: The IDX file.
-
-    Returns:
-        The array, shape given by the header, in native byte order.
+    The header is parsed rather than skipped: two zero bytes, a one-byte type code (0x08 =
+    unsigned byte, also 0x09/0x0B/0x0C/0x0D/0x0E), a one-byte number of dimensions, then one
+    big-endian uint32 per dimension.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the header is malformed or the payload size does not
-            match the header.
+        ValueError: If the header is malformed or the payload size does not match it.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -121,10 +113,8 @@ def load_idx_dir(
 ):
     """Loads an MNIST-format directory of four IDX files as one pool.
 
-    Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each either
-    ``.gz`` or uncompressed). The pool is the train examples followed by
-    the t10k examples, so for FashionMNIST ``len(ds) == 70000`` and
+    Reads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (each ``.gz`` or not). The pool is the
+    train examples, then the t10k ones: for FashionMNIST ``len(ds) == 70000`` and
     ``ds.test_pool == arange(60000, 70000)``.
 
     Args:

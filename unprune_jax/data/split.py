@@ -147,37 +147,30 @@ def make_split(
     forget_classes: Iterable[int] | int | None = None,
     forget_indices: Iterable[int] | None = None,
 ) -> Split:
-    """Draws a train/val/test/forget split of a dataset pool.
+    """Draws a validated train/val/test/forget split of a dataset pool, a deterministic function
+    of the arguments.
 
-    The split is a deterministic function of the arguments. ``val`` and then
-    ``train`` are drawn without replacement from ``dataset.train_pool``;
-    ``test`` from ``dataset.test_pool``. The forget set is chosen by at most
-    one of ``forget_fraction``, ``forget_classes`` and ``forget_indices``;
-    none of them means ``forget_fraction`` = :data:`DEFAULT_FORGET_FRACTION` (0.1).
+    ``val`` and then ``train`` are drawn without replacement from ``dataset.train_pool``, ``test``
+    from ``dataset.test_pool``. The forget set is chosen by at most one of ``forget_fraction``,
+    ``forget_classes`` and ``forget_indices``; none of them means ``forget_fraction`` =
+    :data:`DEFAULT_FORGET_FRACTION` (0.1).
 
     Args:
         dataset: The dataset.
         seed: Non-negative int seed for ``np.random.default_rng``.
-        train_size: Number of training examples; None = all of
-            ``train_pool`` not drawn for val.
-        val_size: Number of validation examples.
-        test_size: Number of test examples; None = all of ``test_pool``.
-        forget_fraction: Forget ``round(forget_fraction * len(train))``
-            random training examples; must be in ``(0, 1)``. None = the default 0.1 when
-            neither of the other two is given.
-        forget_classes: Forget every training example with one of these
-            labels.
-        forget_indices: Forget exactly these pool indices; they must be in
-            the drawn train set (always true for ``train_pool`` indices when
-            ``train_size`` is None and ``val_size`` is 0).
-
-    Returns:
-        The validated split.
+        train_size: Training examples; None = all of ``train_pool`` not drawn for val.
+        val_size: Validation examples.
+        test_size: Test examples; None = all of ``test_pool``.
+        forget_fraction: Forget ``round(forget_fraction * len(train))`` random training
+            examples, in ``(0, 1)``; None = the default 0.1 when neither other criterion is given.
+        forget_classes: Forget every training example with one of these labels.
+        forget_indices: Forget exactly these pool indices; they must be in the drawn train set
+            (always true for ``train_pool`` indices when ``train_size`` is None and ``val_size``
+            is 0).
 
     Raises:
-        ValueError: On a bad size, seed, fraction or class label, on more than
-            one forget criterion, or if :func:`validate_split` rejects the
-            result. Messages name the offending values.
+        ValueError: On a bad size, seed, fraction or class label, more than one forget criterion,
+            or a split :func:`validate_split` rejects. Messages name the offending values.
     """
     seed = check_int(seed, "seed", 0)
     train_pool, test_pool = dataset.train_pool, dataset.test_pool

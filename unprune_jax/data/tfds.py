@@ -309,9 +309,6 @@ def load_tfds(
         test_split: Overrides the split used as the test pool.
         num_workers: Decoding threads of a lazy dataset (default: CPUs, at most 32).
 
-    Returns:
-        The dataset, named ``name``.
-
     Raises:
         MissingExtraError: If ``tensorflow_datasets`` is not installed (names the extra).
         DatasetNotPreparedError: If the dataset is not prepared in ``data_dir`` as array_record.
