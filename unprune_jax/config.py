@@ -25,6 +25,10 @@ class DataConfig:
 
     ``name`` is ``fashion_mnist`` (the IDX files in ``data_dir``, default the Debian package's
     directory), ``synthetic``, or ``tfds:<name>``. Sizes of None take everything available.
+    The forget set is ``forget_classes`` (every training example of these labels) or a random
+    ``forget_fraction`` of the training set, never both; with neither, ``forget_fraction`` is
+    :data:`~unprune_jax.data.DEFAULT_FORGET_FRACTION` (0.1), filled in here so the saved config
+    says what was used.
     """
 
     name: str = "fashion_mnist"
@@ -33,8 +37,23 @@ class DataConfig:
     train_size: int | None = None
     val_size: int = 0
     test_size: int | None = None
-    forget_fraction: float | None = 0.1
+    forget_fraction: float | None = None
     forget_classes: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        from .data import DEFAULT_FORGET_FRACTION
+
+        if self.forget_classes is None:
+            if self.forget_fraction is None:
+                object.__setattr__(self, "forget_fraction", DEFAULT_FORGET_FRACTION)
+        elif not self.forget_classes:
+            raise ValueError("data.forget_classes is empty: list the class labels to forget, or "
+                             "leave it out for a random forget set (data.forget_fraction, "
+                             f"default {DEFAULT_FORGET_FRACTION})")
+        elif self.forget_fraction is not None:
+            raise ValueError(f"data.forget_fraction ({self.forget_fraction}) and "
+                             f"data.forget_classes ({list(self.forget_classes)}) are both set; "
+                             "the forget set is one or the other: remove one of them")
 
 
 @dataclasses.dataclass(frozen=True)

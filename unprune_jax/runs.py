@@ -42,8 +42,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import optim
-from .data import Dataset, batch_indices
-from .train import DivergenceError, TrainConfig, TrainState, epoch_order
+from .data import Dataset, batch_indices, epoch_order
+from .train import DivergenceError, TrainConfig, TrainState
 
 PyTree = Any
 StepFn = Callable[..., tuple[Any, dict]]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import masks as masks_lib
 from . import optim
 from .checks import check_numbers
-from .data import Dataset, batch_indices
+from .data import Dataset, batch_indices, epoch_order
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
@@ -212,23 +212,6 @@ class DivergenceError(RuntimeError):
         super().__init__(message)
         self.state = state
         self.history = history
-
-
-def epoch_order(indices, seed: int, epoch: int, order_pool=None) -> np.ndarray:
-    """The visiting order of ``indices`` in ``epoch``.
-
-    With ``order_pool`` the permutation is drawn over the whole pool and then restricted to
-    ``indices``: a run on the retained set visits its examples in the same relative order as the
-    run on the full set, with the deleted examples removed and the batches re-packed. This is how
-    the gold standard reproduces the original data order.
-    """
-    indices = np.asarray(indices)
-    rng = np.random.default_rng([seed, epoch])
-    if order_pool is None:
-        return indices[rng.permutation(indices.size)]
-    pool = np.asarray(order_pool)
-    order = pool[rng.permutation(pool.size)]
-    return order[np.isin(order, indices)]
 
 
 #: A callable that takes over :func:`fit` in the current context (thread) when set: the sweep

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 
 from .. import losses, optim
-from ..data import batch_indices
-from ..train import DivergenceError, TrainConfig, epoch_order, make_train_step
+from ..data import batch_indices, epoch_order
+from ..train import DivergenceError, TrainConfig, make_train_step
 from .base import register, train_on
 
 
