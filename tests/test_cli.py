@@ -64,7 +64,7 @@ def test_list_describes_every_entry_of_every_category(capsys):
 def test_every_dataset_name_and_strategy_has_a_description():
     from unprune_jax import runs
 
-    assert set(cli.DATASET_DESCRIPTIONS) == set(DATASET_NAMES)
+    assert list(cli.list_entries("datasets")) == list(DATASET_NAMES)
     assert tuple(cli.STRATEGIES) == runs.STRATEGIES
 
 
@@ -88,6 +88,9 @@ def test_list_one_category_and_a_misspelt_one(capsys):
         ("unprune.reinit=theta_0", "unprune.reinit.*Did you mean 'theta0'"),
         ("prun.density=0.5", "unknown config key prun.*Did you mean 'prune'"),
         ("prune.densty=0.5", "unknown config key prune.densty.*Did you mean 'density'"),
+        ("model.kwargs={widthh=2}", "model.kwargs key of 'small_cnn': 'widthh'; known: "
+                                    r"\['dtype', 'hidden', 'pool', 'widths'\].*'widths'"),
+        ("train.lr=inf", r"config train.lr must be finite, got inf"),
     ],
 )
 def test_misspelt_names_get_the_closest_valid_one(tmp_path, override, message, capsys):

@@ -116,3 +116,54 @@ def test_paper_config_loads_tfds_mock_data_and_its_model_steps(path):
         assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
         return
     _one_masked_step(cfg, x, ds.num_classes)
+
+
+# --- issue 12: values that must be refused at load, with the key and the value named ----------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prune.density=true", r"config prune.density must be float, got True"),
+    ("train.epochs=true", r"config train.epochs must be int, got True"),
+    ("train.milestones=[1, true]", r"config train.milestones must be int, got True"),
+    ("train.weight_decay=-1e-4", r"config train.weight_decay must be ≥ 0, got -0.0001"),
+    ("train.lr=inf", r"config train.lr must be finite, got inf"),
+    ("train.momentum=nan", r"config train.momentum must be finite, got nan"),
+    ("train.gamma=-inf", r"config train.gamma must be finite, got -inf"),
+    ("prune.density=nan", r"config prune.density must be finite, got nan"),
+    ("prune.layer_density={conv0=true}", r"prune.layer_density 'conv0'.*True"),
+    ("unprune.random_scale=inf", r"config unprune.random_scale must be finite, got inf"),
+    ("unprune.fraction=0", r"config unprune.fraction must be in \(0, 1\], got 0.0"),
+    ("unlearn.settings.l1-sparse.alpha=nan",
+     r"config unlearn.settings.l1-sparse.alpha must be finite, got nan"),
+    ("unlearn.settings.GA.lr=inf", r"config unlearn.settings.GA.lr must be finite, got inf"),
+    ("model.kwargs={widthh=2}", r"model.kwargs key of 'small_cnn': 'widthh'.*'widths'"),
+])
+def test_bad_values_are_refused_at_load_naming_key_and_value(override, message):
+    with pytest.raises(ValueError, match=message):
+        config.load_config(None, [override])
+
+
+def test_good_values_still_load():
+    cfg = config.load_config(None, ["prune.density=1", "train.epochs=2", "train.lr=1e-3",
+                                    "model.kwargs={widths=[4, 8]}", "unlearn.methods=['FT']",
+                                    "unlearn.settings.GA.lr=0.01"])
+    assert (cfg.prune.density, cfg.train.epochs, cfg.model.kwargs) == (1.0, 2, {"widths": [4, 8]})
+
+
+def test_configs_built_in_code_are_checked_the_same_way():
+    from unprune_jax.prune import PruneConfig
+    from unprune_jax.train import TrainConfig
+    from unprune_jax.unlearn.penalised import L1Config
+    from unprune_jax.unprune import UnpruneConfig
+
+    for build, message in [
+        (lambda: TrainConfig(epochs=True), r"TrainConfig.epochs must be a number, got True"),
+        (lambda: TrainConfig(weight_decay=-0.1), r"TrainConfig.weight_decay must be ≥ 0"),
+        (lambda: L1Config(alpha=float("nan")), r"L1Config.alpha must be finite, got nan"),
+        (lambda: PruneConfig(density=True), r"prune.density must be a number, got True"),
+        (lambda: UnpruneConfig(seed=-1), r"unprune.seed must be ≥ 0, got -1"),
+        (lambda: config.EvaluateConfig(seeds=0), r"evaluate.seeds must be ≥ 1, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build()
+    assert TrainConfig(lr=np.float32(0.5), epochs=np.int64(2)).lr == np.float32(0.5)

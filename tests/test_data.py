@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 
 from unprune_jax import data as D
+from unprune_jax.data import idx as idx_module
+from unprune_jax.data import tfds as tfds_module
 
 FMNIST_DIR = D.DEFAULT_FASHION_MNIST_DIR
 
 
 def _write_idx(path, arr, *, code=0x08, compress=False):
     arr = np.asarray(arr)
-    dtype = D._IDX_DTYPES[code]
+    dtype = idx_module._IDX_DTYPES[code]
     payload = (
         bytes([0, 0, code, arr.ndim])
         + struct.pack(f">{arr.ndim}I", *arr.shape)
@@ -127,6 +129,22 @@ def test_load_idx_dir_count_mismatch(tmp_path):
         D.load_idx_dir(tmp_path)
 
 
+def test_label_outside_the_declared_classes_is_refused(tmp_path):
+    """One label of 200 in FashionMNIST's label file must not build a 201-class model."""
+    _write_idx_dir(tmp_path, compress=False)
+    labels = np.array([1, 2, 200, 3, 4], np.uint8)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    path = re.escape(str(tmp_path / "train-labels-idx1-ubyte"))
+    with pytest.raises(ValueError, match=path + r": label 200 at index 2 is not in \[0, 10\)"):
+        D.load_dataset("fashion_mnist", tmp_path)
+    # A directory of unknown classes infers them, but never from a negative label.
+    assert D.load_idx_dir(tmp_path).num_classes == 201
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, -3, 1], np.int8), code=0x09)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: label -3 at index 1 is not "
+                       "non-negative"):
+        D.load_idx_dir(tmp_path)
+
+
 @pytest.mark.skipif(
     not os.path.isdir(FMNIST_DIR),
     reason=f"{FMNIST_DIR} absent (apt-get install dataset-fashion-mnist)",
@@ -166,7 +184,7 @@ def test_synthetic_dataset(syn):
 
 
 def test_dataset_validation():
-    with pytest.raises(ValueError, match=r"labels \[10\] are outside"):
+    with pytest.raises(ValueError, match=r"Dataset 't': y: label 10 at index 1 is not in \[0, 10\)"):
         D.Dataset(np.zeros((2, 1, 1, 1)), np.array([0, 10]), 10, "t")
     with pytest.raises(ValueError, match=r"test_pool has 1 indices outside \[0, 2\): \[5\]"):
         D.Dataset(np.zeros((2, 1, 1, 1)), np.array([0, 1]), 10, "t", np.array([5]))
@@ -230,6 +248,16 @@ def test_make_split_defaults(syn):
     assert s.val.size == 0 and s.forget.size == round(0.1 * 300)
 
 
+def test_make_split_forget_fraction_none_is_the_default(syn):
+    default = D.make_split(syn, seed=0, val_size=20)
+    assert D.make_split(syn, seed=0, val_size=20, forget_fraction=None) == default
+    assert default == D.make_split(syn, seed=0, val_size=20,
+                                   forget_fraction=D.DEFAULT_FORGET_FRACTION)
+    assert default.forget.size == round(0.1 * 280)
+    classes = D.make_split(syn, seed=0, forget_fraction=None, forget_classes=[2])
+    assert set(syn.y[classes.forget]) == {2}
+
+
 def test_make_split_forget_classes(syn):
     s = D.make_split(syn, seed=0, val_size=30, forget_classes=[2, 7])
     train_labels = syn.y[s.train]
@@ -268,11 +296,12 @@ def test_split_dict_roundtrip(syn):
         (dict(forget_classes=[-1]), r"unknown class labels \[-1\]"),
         (dict(forget_classes=[1], forget_indices=[2]), "only one of forget_classes, forget_indices"),
         (dict(forget_fraction=0.2, forget_classes=[1]), "only one of forget_fraction, forget_classes"),
-        (dict(forget_fraction=None), "give one of"),
+        (dict(forget_fraction=0.1, forget_indices=[1]), "only one of forget_fraction, forget_indices"),
         (dict(train_size=10_000), r"train_size=10000 must be in \[1, 300\]"),
         (dict(val_size=301), r"val_size=301 must be in \[0, 300\]"),
         (dict(test_size=101), r"test_size=101 must be in \[0, 100\]"),
-        (dict(seed=-1), "seed must be a non-negative int, got -1"),
+        (dict(seed=-1), "seed=-1 must be >= 0"),
+        (dict(seed=1.0), "seed must be an int, got 1.0"),
         (dict(forget_indices=[350, 360]), r"2 of them are in the test set \(\[350, 360\]\)"),
         (dict(val_size=10, forget_indices=[]), "split.forget is empty"),
         (dict(forget_indices=[1000]), r"split.forget has 1 indices outside \[0, 400\): \[1000\]"),
@@ -377,11 +406,11 @@ def test_batch_indices_drop_remainder():
 def test_batch_indices_empty_and_errors():
     idx, w = D.batch_indices(np.zeros((0,), np.int64), 4, 0)
     assert idx.shape == w.shape == (0, 4)
-    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
         D.batch_indices(np.arange(3), 0, 0)
     with pytest.raises(ValueError, match="needs rng_key_or_seed"):
         D.batch_indices(np.arange(3), 2, None)
-    with pytest.raises(ValueError, match="seed must be non-negative, got -5"):
+    with pytest.raises(ValueError, match="seed=-5 must be >= 0"):
         D.batch_indices(np.arange(3), 2, -5)
     idx, _ = D.batch_indices(np.arange(3), 2, None, shuffle=False)
     np.testing.assert_array_equal(idx, [[0, 1], [2, 0]])
@@ -455,20 +484,64 @@ def test_load_tfds_imagenet2012_is_lazy_resized_and_tests_on_validation():
 def test_resize_center_crop_keeps_the_center():
     img = np.zeros((8, 12, 1), np.uint8)
     img[:, 2:10] = 255  # the 8×8 center is white, the 2-column borders black
-    out = D._resize_center_crop(img, 8, 1.0)  # shorter side already 8: crop only
+    out = tfds_module._resize_center_crop(img, 8, 1.0)  # shorter side already 8: crop only
     assert out.shape == (8, 8, 1) and np.all(out == 255)
-    assert D._resize_center_crop(img, 4, 1.0).shape == (4, 4, 1)
+    assert tfds_module._resize_center_crop(img, 4, 1.0).shape == (4, 4, 1)
 
 
 def test_load_tfds_bad_arguments():
     with _mock(2):
-        with pytest.raises(ValueError, match="image_size must be a positive int or None, got 0"):
+        with pytest.raises(ValueError, match="image_size=0 must be >= 1"):
             D.load_dataset("tfds:cifar10", image_size=0)
         with pytest.raises(ValueError, match=r"crop_fraction must be in \(0, 1\], got 1.5"):
             D.load_dataset("tfds:cifar10", crop_fraction=1.5)
 
 
 def test_unlabelled_test_split_is_refused():
-    D._check_labelled(np.array([0, 5]), "imagenet2012", "validation")
+    tfds_module._check_labelled(np.array([0, 5]), "imagenet2012", "validation")
     with pytest.raises(ValueError, match="split 'test' has no labels .*'validation'"):
-        D._check_labelled(np.array([-1, -1]), "imagenet2012", "test")
+        tfds_module._check_labelled(np.array([-1, -1]), "imagenet2012", "test")
+
+
+# ------------------------------------------------ DataConfig: the forget set is one thing
+
+
+def test_data_config_forget_fraction_default_is_filled_in():
+    from unprune_jax.config import load_config
+
+    assert load_config().data.forget_fraction == 0.1
+    assert load_config(None, ["data.forget_fraction=0.3"]).data.forget_fraction == 0.3
+    by_class = load_config(None, ["data.forget_classes=[3]"]).data
+    assert by_class.forget_classes == (3,) and by_class.forget_fraction is None
+
+
+def test_data_config_refuses_an_empty_forget_class_list():
+    """``forget_classes = []`` used to become a random 10% forget set without a word."""
+    from unprune_jax.config import load_config
+
+    with pytest.raises(ValueError, match=r"data.forget_classes is empty"):
+        load_config(None, ["data.forget_classes=[]"])
+
+
+def test_data_config_refuses_forget_fraction_with_forget_classes():
+    """``forget_fraction`` used to be ignored when ``forget_classes`` was set too."""
+    from unprune_jax.config import load_config
+
+    with pytest.raises(ValueError, match=r"data.forget_fraction \(0.2\) and "
+                       r"data.forget_classes \(\[3\]\) are both set"):
+        load_config(None, ["data.forget_classes=[3]", "data.forget_fraction=0.2"])
+
+
+def test_pipeline_split_follows_the_data_config(tmp_path):
+    """The forget set the pipeline draws is the one the config names (classes, else fraction)."""
+    from unprune_jax import pipeline
+    from unprune_jax.config import load_config
+
+    tiny = ["data.name=synthetic", "model.name=mlp", "unlearn.methods=['FT']"]
+    syn = D.synthetic_dataset()
+    ctx = pipeline.build_context(load_config(None, tiny + ["data.forget_classes=[4]"]),
+                                 tmp_path / "a", say=lambda *_: None, dataset=syn)
+    assert set(syn.y[ctx.split.forget]) == {4}
+    ctx = pipeline.build_context(load_config(None, tiny), tmp_path / "b", say=lambda *_: None,
+                                 dataset=syn)
+    assert ctx.split == D.make_split(syn, seed=0)

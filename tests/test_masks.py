@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from unprune_jax import masks
+from unprune_jax import scores as uj_scores
 
 
 def tree(seed=0, dup=False):
@@ -203,3 +204,126 @@ def test_regrow_whole_filters():
     grown = masks.regrow_mask(mask, score, 0.5, {"c": {"kernel": True}}, granularity="filter",
                               allow_dense_filters=True)
     np.testing.assert_array_equal(grown["c"]["kernel"], [[True, False, True, True]] * 3)
+
+
+# --- issue 12: filter scores, infeasible pins, candidates, malformed masks ----------------------
+
+
+def two_convs(entries0, entries1):
+    """conv0 (1, 1, 2, 2): fan-in 2; conv1 (3, 3, 4, 4): fan-in 36; entries set per filter."""
+    k0 = np.broadcast_to(np.asarray(entries0, np.float32)[:, None], (1, 1, 2, 2))
+    k1 = np.broadcast_to(np.float32(entries1), (3, 3, 4, 4))
+    t = {"conv0": {"kernel": jnp.asarray(k0)}, "conv1": {"kernel": jnp.asarray(k1)}}
+    return t, {"conv0": {"kernel": True}, "conv1": {"kernel": True}}
+
+
+def kept_filters(m, name):
+    return np.asarray(m[name]["kernel"]).any(axis=(0, 1, 2)).tolist()
+
+
+def test_global_filter_selection_ranks_a_broadcast_filter_score_by_its_value():
+    # filter L2 norms 1.0 (conv0: entries 0.6, 0.8) and 0.5 (conv1: 36 entries of 0.5/6); the
+    # score is the norm on every entry of the filter. Keep 3 of 6 filters: conv0's two (the
+    # larger norm), then the first of conv1's four equal ones. Summing over the fan-in would rank
+    # conv1's filters 18 against conv0's 2 and keep three conv1 filters.
+    t, flags = two_convs([0.6, 0.8], 0.5 / 6)
+    s = uj_scores.filter_l2(t)
+    np.testing.assert_allclose(np.asarray(s["conv0"]["kernel"]).max(), 1.0, rtol=1e-6)
+    m = masks.topk_mask(s, 0.5, flags, granularity="filter")
+    assert kept_filters(m, "conv0") == [True, True]
+    assert kept_filters(m, "conv1") == [True, False, False, False]
+
+
+def test_filter_score_is_the_mean_of_its_entries():
+    # per-entry scores: conv0's filters have mean |θ| 0.3 and 0.2; conv1's 36 entries 0.25 each.
+    # The mean ranks 0.3 > 0.25 (four conv1 filters, first wins the tie) > 0.2; the sum over the
+    # fan-in would rank conv1 (9.0) far above conv0 (0.6, 0.4).
+    k0 = jnp.array([[[[0.1, 0.3], [0.5, 0.1]]]])  # (1, 1, 2, 2): filter 0 = [0.1, 0.5]
+    t = {"conv0": {"kernel": k0}, "conv1": {"kernel": jnp.full((3, 3, 4, 4), 0.25)}}
+    flags = {"conv0": {"kernel": True}, "conv1": {"kernel": True}}
+    m = masks.topk_mask(t, 2 / 6, flags, granularity="filter")
+    assert kept_filters(m, "conv0") == [True, False]
+    assert kept_filters(m, "conv1") == [True, False, False, False]
+    # regrowth ranks pruned filters by the same rule
+    pruned = {"conv0": {"kernel": jnp.zeros((1, 1, 2, 2), bool)},
+              "conv1": {"kernel": jnp.zeros((3, 3, 4, 4), bool)}}
+    grown = masks.regrow_mask(pruned, t, 1 / 6, flags, granularity="filter")
+    assert kept_filters(grown, "conv0") == [True, False] and not any(kept_filters(grown, "conv1"))
+
+
+def test_infeasible_layer_density_pin_is_rejected():
+    s = {"a": {"kernel": jnp.arange(100.0).reshape(10, 10)},
+         "b": {"kernel": jnp.arange(100.0).reshape(10, 10)}}
+    flags = {"a": {"kernel": True}, "b": {"kernel": True}}
+    # 0.9 of 200 = 180 to keep; the pin keeps 10 of a, b would need 170 of its 100
+    named = r"a/kernel \(layer_density '\^a' = 0.1\): 10\), leaving 170 .*b/kernel.*0 to 100"
+    with pytest.raises(ValueError, match=named):
+        masks.topk_mask(s, 0.9, flags, "per_layer", layer_density={"^a": 0.1})
+    m = masks.topk_mask(s, 0.5, flags, "per_layer", layer_density={"^a": 0.1})  # feasible
+    assert (int(m["a"]["kernel"].sum()), int(m["b"]["kernel"].sum())) == (10, 90)
+    with pytest.raises(ValueError, match=r"keeps 20 .* pins keep 50 .*leaving -30"):
+        masks.topk_mask(s, 0.1, flags, "per_layer", layer_density={"^a": 0.5})  # 50 > 20
+
+
+def test_candidates_never_admit_a_non_candidate():
+    scores = {"w": {"kernel": jnp.arange(10.0).reshape(2, 5)}}
+    flags = {"w": {"kernel": True}}
+    two = {"w": {"kernel": jnp.zeros((2, 5), bool).at[0, :2].set(True)}}
+    with pytest.raises(ValueError, match=r"candidates keep 2 of the 10 .* 5"):
+        masks.topk_mask(scores, 0.5, flags, candidates=two)
+    with pytest.raises(ValueError, match=r"candidates keep 2 of the 10"):
+        masks.topk_mask(scores, 0.5, flags, "per_layer", candidates=two)
+    # a candidate scoring -inf still ranks above every non-candidate
+    s = {"w": {"kernel": jnp.array([[-jnp.inf, -jnp.inf, -jnp.inf, 3.0, 4.0]])}}
+    cand = {"w": {"kernel": jnp.array([[False, True, True, False, False]])}}
+    m = masks.topk_mask(s, 0.4, {"w": {"kernel": True}}, candidates=cand)
+    np.testing.assert_array_equal(m["w"]["kernel"], cand["w"]["kernel"])
+
+
+def test_per_layer_candidates_move_the_surplus_to_layers_with_room():
+    # uniform 0.5 of two 10-entry layers is 5 + 5, but a has only 3 candidates: a keeps its 3,
+    # b keeps 7, the total stays round(0.5 · 20), and no pruned entry comes back.
+    s = {"a": {"kernel": jnp.arange(10.0).reshape(2, 5)},
+         "b": {"kernel": jnp.arange(10.0).reshape(2, 5)}}
+    flags = {"a": {"kernel": True}, "b": {"kernel": True}}
+    cand = {"a": {"kernel": jnp.zeros((2, 5), bool).at[0, :3].set(True)},
+            "b": {"kernel": jnp.ones((2, 5), bool)}}
+    m = masks.topk_mask(s, 0.5, flags, "per_layer", candidates=cand)
+    np.testing.assert_array_equal(m["a"]["kernel"], cand["a"]["kernel"])
+    assert int(m["b"]["kernel"].sum()) == 7
+    assert masks.layer_allocation([10, 10], 0.5, capacity=[3, 10]) == [3, 7]
+
+
+def test_iterative_per_layer_schedule_stays_inside_the_previous_mask():
+    # SynFlow's 100-round schedule, per layer, rounds 48 → 49: the rounded share of the 19-entry
+    # layer grows from 8 to 9 while the density falls. It keeps its 8; the others take the 1.
+    sizes, d = [145, 178, 19], 0.1917416944203537
+    d48, d49 = d ** 0.48, d ** 0.49
+    assert masks.layer_allocation(sizes, d48) == [66, 81, 8]
+    assert masks.layer_allocation(sizes, d49) == [64, 79, 9]
+    rng = np.random.default_rng(0)
+    s = {f"l{i}": {"kernel": jnp.asarray(rng.random((k, 1)))} for i, k in enumerate(sizes)}
+    flags = {f"l{i}": {"kernel": True} for i in range(3)}
+    before = masks.topk_mask(s, d48, flags, "per_layer")
+    after = masks.topk_mask(s, d49, flags, "per_layer", candidates=before)
+    for a, b in zip(masks.jax.tree.leaves(after), masks.jax.tree.leaves(before)):
+        assert not np.any(np.asarray(a) & ~np.asarray(b))
+    assert [int(after[f"l{i}"]["kernel"].sum()) for i in range(3)] == [65, 79, 8]
+    assert masks.count(after, flags)[0] == round(d49 * sum(sizes))
+
+
+def test_malformed_masks_are_refused_by_apply_mask_and_density():
+    params = {"c": {"kernel": jnp.ones((3, 3, 32, 64)), "bias": jnp.zeros(64)}}
+    flags = {"c": {"kernel": True, "bias": False}}
+    good = masks.full_mask(params)
+    short = {"c": {"kernel": jnp.ones(64, bool), "bias": good["c"]["bias"]}}
+    with pytest.raises(ValueError, match=r"c/kernel.*\(64,\).*\(3, 3, 32, 64\)"):
+        masks.apply_mask(params, short)
+    floats = {"c": {"kernel": jnp.full((3, 3, 32, 64), 0.5), "bias": good["c"]["bias"]}}
+    with pytest.raises(ValueError, match="c/kernel.*float32.*bool"):
+        masks.apply_mask(params, floats)
+    with pytest.raises(ValueError, match="c/kernel.*float32.*bool"):
+        masks.density(floats, flags)
+    with pytest.raises(ValueError, match="mask.*c/kernel"):
+        masks.density({"c": {"kernel": good["c"]["kernel"]}}, flags)
+    assert masks.density(good, flags) == 1.0

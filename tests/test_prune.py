@@ -164,3 +164,16 @@ def test_run_many_equals_k_single_runs(cnn, method):
         prune.run_many(runs.stack([init, init]), apply_fn, tx, ds, subsets, train_cfgs,
                        [cfgs[0], dataclasses.replace(cfgs[1], method="omp" if method != "omp"
                                                      else "imp")], flags)
+
+
+def test_global_filter_repruning_ranks_filters_by_their_l2_norm():
+    # issue 12: conv0 (fan-in 2) has filter norms 1.0, conv1 (fan-in 36) 0.5. Re-pruning to
+    # half the filters keeps conv0's two and the first of conv1's four equal ones; summing the
+    # broadcast norm over the fan-in (36 · 0.5 > 2 · 1.0) kept three of conv1's and none of conv0's.
+    k0 = np.broadcast_to(np.float32([0.6, 0.8])[:, None], (1, 1, 2, 2))
+    params = {"conv0": {"kernel": k0}, "conv1": {"kernel": np.full((3, 3, 4, 4), 0.5 / 6)}}
+    cfg = prune.PruneConfig(density=0.5, granularity="filter")
+    flags = masks.prunable_leaves(params)
+    mask = prune.select(prune.reprune_scores(params, cfg), cfg.density, cfg, flags)
+    kept = {k: np.asarray(v["kernel"]).any(axis=(0, 1, 2)).tolist() for k, v in mask.items()}
+    assert kept == {"conv0": [True, True], "conv1": [True, False, False, False]}

@@ -232,3 +232,26 @@ def test_an_unbatched_method_runs_once_per_stacked_run(cnn):
     ref, _ = unlearn.run("BS", state, task, cfg)
     for a, b in zip(jax.tree.leaves(runs.unstack(stacked)[1]), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_l1_leaves_a_kept_weight_at_exactly_zero_in_place():
+    # issue 12: d|θ|/dθ at 0 is taken as 0 (the subgradient sign(θ)), not jax.grad's +1. The
+    # bias of a dead unit (ReLU input < 0 for every example) gets no CE gradient; at 0 it must
+    # stay at 0 instead of moving by −lr·α each step; a non-zero bias moves by −lr·α·sign.
+    def apply(params, model_state, x, train):
+        h = jax.nn.relu(x @ params["fc"]["kernel"] + params["fc"]["bias"])
+        return h @ params["head"]["kernel"], model_state
+
+    params = {"fc": {"kernel": jnp.array([[1.0, -1.0]]), "bias": jnp.array([0.0, 0.0])},
+              "head": {"kernel": jnp.zeros((2, 3))}}
+    x, y, w = jnp.ones((4, 1)), jnp.zeros(4, jnp.int32), jnp.ones(4)
+    tx = optim.sgd(0.1, 0.0, 0.0)
+    state = TrainState.create(params, {}, tx)
+    step = make_train_step(apply, tx, penalised.l1_penalised_ce)
+    for _ in range(3):
+        state, _ = step(state, x, y, w, {"l1": jnp.float32(0.5)})
+    assert float(state.params["fc"]["bias"][1]) == 0.0  # dead unit: no CE gradient, |0| flat
+    g = jax.grad(lambda p: penalised.l1_penalised_ce(jnp.zeros((1, 3)), y[:1], w[:1],
+                                                     {"l1": 2.0}, p))(
+        {"a": jnp.array([-3.0, 0.0, 4.0])})
+    np.testing.assert_array_equal(g["a"], [-2.0, 0.0, 2.0])

@@ -3,8 +3,9 @@
 
 Subcommands: ``run`` (one pipeline run, resumable), ``sweep`` (K forget-set sizes or seeds as
 one batched run), ``report`` (markdown report over finished runs), ``list`` (what can be named
-in a config). Every name a user types (subcommand, list category, strategy, config key, pruner,
-method, model, dataset) is checked, and an unknown one gets the closest valid name in the error.
+in a config), ``prepare`` (a TFDS dataset, once, from the internet or a local archive). Every
+name a user types (subcommand, list category, strategy, config key, pruner, method, model,
+dataset) is checked, and an unknown one gets the closest valid name in the error.
 """
 
 from __future__ import annotations
@@ -18,16 +19,6 @@ import sys
 from pathlib import Path
 
 from .registry import closest_name, unknown_name_error
-
-#: One line per dataset name ``data.load_dataset`` accepts (``data.DATASET_NAMES``).
-DATASET_DESCRIPTIONS = {
-    "fashion_mnist": "FashionMNIST from its four IDX files (default directory: the Debian package "
-                     "dataset-fashion-mnist); 28×28×1 images, 10 classes, official test split",
-    "synthetic": "class-mean images plus Gaussian noise, 28×28×1, 10 classes; for tests and "
-                 "examples (seconds)",
-    "tfds:<name>": "any prepared TensorFlow Datasets dataset through tfds.data_source, e.g. "
-                   "tfds:cifar10 (needs the tfds extra; no download here)",
-}
 
 #: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``sweep.run_sweep``).
 STRATEGIES = {
@@ -144,6 +135,14 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    from .data.prepare import prepare_tfds
+
+    print(prepare_tfds(args.name, args.data_dir, source=args.source,
+                       progress=not args.no_progress).summary())
+    return 0
+
+
 def list_entries(category: str) -> dict[str, str]:
     """``{name: one-line description}`` of everything in ``category`` (see ``LIST_CATEGORIES``)."""
     if category == "pruners":
@@ -163,10 +162,9 @@ def list_entries(category: str) -> dict[str, str]:
 
         return {name: desc for name, (_, desc) in MODELS.items()}
     if category == "datasets":
-        from .data import DATASET_NAMES
+        from .data import DATASETS
 
-        return {name: DATASET_DESCRIPTIONS.get(name, "(no description)") for name in
-                DATASET_NAMES}
+        return DATASETS.describe()
     raise unknown_name_error("list category", category, LIST_CATEGORIES)
 
 
@@ -245,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HELP_FORMAT,
     )
     p.add_argument("--version", action="version", version=f"unprune-jax {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,sweep,report,list}",
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,sweep,report,list,prepare}",
                            parser_class=_Parser)
 
     r = sub.add_parser(
@@ -311,6 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("categories", nargs="*", type=_category, metavar="CATEGORY",
                     help=f"any of {', '.join(LIST_CATEGORIES)}")
     ls.set_defaults(func=_cmd_list)
+
+    pr = sub.add_parser(
+        "prepare",
+        help="prepare a TFDS dataset once (download it, or --from a local copy)",
+        description="Prepares a TensorFlow Datasets dataset as array_record files, the format "
+        "the library reads (data.name = 'tfds:NAME'), with TFDS's own builder. Without --from "
+        "it downloads the data; with --from it reads a local copy of the official archive: "
+        "CIFAR-10's or CIFAR-100's binary or python .tar.gz, or for imagenet2012 the directory "
+        "holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar. Ends with a summary "
+        "(examples per split, size, where).",
+        epilog="examples:\n"
+               "  unprune-jax prepare cifar10\n"
+               "  unprune-jax prepare cifar10 --from cifar-10-python.tar.gz --data-dir /data/tfds\n"
+               "  unprune-jax prepare imagenet2012 --from /data/imagenet --data-dir /data/tfds",
+        formatter_class=_HELP_FORMAT,
+    )
+    pr.add_argument("name", metavar="NAME", help="TFDS dataset name: cifar10, cifar100, "
+                    "imagenet2012, ... (a tfds: prefix is accepted)")
+    pr.add_argument("--from", dest="source", metavar="ARCHIVE",
+                    help="a local copy of the official archive (or ImageNet's manual directory)")
+    pr.add_argument("--data-dir", help="TFDS data dir to prepare into (default $TFDS_DATA_DIR or "
+                    "~/tensorflow_datasets); give the same as data.data_dir in the config")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(func=_cmd_prepare)
     return p
 
 

@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .checks import ConfigValueError, check_numbers
 from .registry import closest_name, unknown_name_error
 from .prune import PruneConfig
 from .train import TrainConfig
@@ -24,6 +25,10 @@ class DataConfig:
 
     ``name`` is ``fashion_mnist`` (the IDX files in ``data_dir``, default the Debian package's
     directory), ``synthetic``, or ``tfds:<name>``. Sizes of None take everything available.
+    The forget set is ``forget_classes`` (every training example of these labels) or a random
+    ``forget_fraction`` of the training set, never both; with neither, ``forget_fraction`` is
+    :data:`~unprune_jax.data.DEFAULT_FORGET_FRACTION` (0.1), filled in here so the saved config
+    says what was used.
     """
 
     name: str = "fashion_mnist"
@@ -32,8 +37,23 @@ class DataConfig:
     train_size: int | None = None
     val_size: int = 0
     test_size: int | None = None
-    forget_fraction: float | None = 0.1
+    forget_fraction: float | None = None
     forget_classes: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        from .data import DEFAULT_FORGET_FRACTION
+
+        if self.forget_classes is None:
+            if self.forget_fraction is None:
+                object.__setattr__(self, "forget_fraction", DEFAULT_FORGET_FRACTION)
+        elif not self.forget_classes:
+            raise ValueError("data.forget_classes is empty: list the class labels to forget, or "
+                             "leave it out for a random forget set (data.forget_fraction, "
+                             f"default {DEFAULT_FORGET_FRACTION})")
+        elif self.forget_fraction is not None:
+            raise ValueError(f"data.forget_fraction ({self.forget_fraction}) and "
+                             f"data.forget_classes ({list(self.forget_classes)}) are both set; "
+                             "the forget set is one or the other: remove one of them")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +67,10 @@ class ModelConfig:
     prunable_exclude: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        from .models import default_prunable
+        from .models import check_model_kwargs, default_prunable
 
         include, exclude = default_prunable(self.name)  # also rejects an unknown model name
+        check_model_kwargs(self.name, self.kwargs)
         if self.prunable_include is None:
             object.__setattr__(self, "prunable_include", include)
         if self.prunable_exclude is None:
@@ -85,8 +106,7 @@ class EvaluateConfig:
     quantity_side: bool = True
 
     def __post_init__(self):
-        if self.seeds < 1:
-            raise ValueError(f"evaluate.seeds must be ≥ 1, got {self.seeds}")
+        check_numbers(self, "evaluate", at_least_one=("seeds",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +162,8 @@ def _coerce(tp, value, where: str):
         if isinstance(value, (str, int, float)):
             value = [value]
         return tuple(_coerce(args[0], v, where) for v in value)
+    if tp in (int, float) and isinstance(value, bool):  # bool is an int: true would read as 1
+        raise ValueError(f"config {where} must be {tp.__name__}, got {value!r}")
     if tp is float and isinstance(value, int):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
@@ -160,7 +182,10 @@ def from_dict(cls, d: dict, where: str = ""):
         if key not in fields:
             raise _unknown(key, fields, where)
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as e:  # name the key as the config spells it: train.lr
+        raise (e.renamed(f"config {where}") if where else e) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -204,4 +229,5 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if name not in REGISTRY:
             raise unknown_name_error("unlearning method in unlearn.settings", name, REGISTRY,
                                      cutoff=0.3)
+        cfg.method_config(name)  # its values too, also for a method not in unlearn.methods
     return cfg

@@ -80,7 +80,12 @@ def full_mask(params: PyTree) -> PyTree:
 
 
 def check_mask(params: PyTree, mask: PyTree) -> None:
-    """Raises ``ValueError`` naming the first leaf where ``mask`` does not fit ``params``."""
+    """Raises ``ValueError`` naming the first leaf where ``mask`` does not fit ``params``.
+
+    A mask must have the structure of ``params``, each leaf its parameter's shape and dtype
+    ``bool``. Only static properties are read (structure, shapes, dtypes), so the check also runs
+    on tracers, at trace time, for nothing per call of a compiled function.
+    """
     p_struct, m_struct = jax.tree.structure(params), jax.tree.structure(mask)
     if p_struct != m_struct:
         p_paths, m_paths = set(leaf_paths(params)), set(leaf_paths(mask))
@@ -96,16 +101,28 @@ def check_mask(params: PyTree, mask: PyTree) -> None:
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
-    """``params ⊙ mask``: pruned entries become exactly zero (also for inf/nan entries)."""
+    """``params ⊙ mask``: pruned entries become exactly zero (also for inf/nan entries).
+
+    Raises:
+        ValueError: if ``mask`` does not fit ``params`` (:func:`check_mask`): a leaf of another
+            shape is never broadcast, a non-bool leaf never read as a fraction kept.
+    """
+    check_mask(params, mask)
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
 
-def _prunable_pairs(tree: PyTree, prunable: PyTree | None) -> list:
-    leaves = jax.tree.leaves(tree)
-    flags = [True] * len(leaves) if prunable is None else jax.tree.leaves(prunable)
-    if len(flags) != len(leaves):
-        raise ValueError(f"prunable flags have {len(flags)} leaves, the tree has {len(leaves)}")
-    return [leaf for leaf, f in zip(leaves, flags) if f]
+def _prunable_pairs(mask: PyTree, prunable: PyTree | None) -> list:
+    """The prunable leaves of ``mask``, after checking that it is a mask over those flags."""
+    paths, leaves = leaf_paths(mask), jax.tree.leaves(mask)
+    for path, m in zip(paths, leaves):
+        if jnp.result_type(m) != jnp.bool_:
+            raise ValueError(f"mask leaf {path!r} has dtype {jnp.result_type(m)}, expected bool")
+    if prunable is None:
+        return leaves
+    if leaf_paths(prunable) != paths:
+        raise ValueError(f"mask leaves {paths[:5]} do not match the prunable flags' "
+                         f"{leaf_paths(prunable)[:5]}")
+    return [leaf for leaf, f in zip(leaves, jax.tree.leaves(prunable)) if f]
 
 
 def count(mask: PyTree, prunable: PyTree | None = None) -> tuple[int, int]:
@@ -124,16 +141,16 @@ def density(mask: PyTree, prunable: PyTree | None = None) -> float:
 
 def layer_densities(mask: PyTree, prunable: PyTree) -> dict[str, float]:
     """Density of each prunable leaf, keyed by its path."""
-    return {
-        path: float(jnp.mean(m))
-        for path, m, f in zip(leaf_paths(mask), jax.tree.leaves(mask), jax.tree.leaves(prunable))
-        if f
-    }
+    kept = _prunable_pairs(mask, prunable)
+    paths = [p for p, f in zip(leaf_paths(mask), jax.tree.leaves(prunable)) if f]
+    return {path: float(jnp.mean(m)) for path, m in zip(paths, kept)}
 
 
 def validate_density(density: float) -> float:
     """Returns ``density`` as a float or raises ``ValueError`` naming it when outside (0, 1]."""
     try:
+        if isinstance(density, bool):  # True is an int, not a density
+            raise TypeError
         d = float(density)
     except (TypeError, ValueError):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}") from None
@@ -147,9 +164,16 @@ ALLOCATIONS = ("uniform", "erk")
 
 
 def _topk_flat(scores: jax.Array, k: int, candidates: jax.Array | None = None) -> jax.Array:
-    """Bool vector keeping the ``k`` largest scores; ties go to the lower index, always."""
+    """Bool vector keeping the ``k`` largest scores; ties go to the lower index, always.
+
+    With ``candidates`` (bool, like ``scores``) every candidate ranks above every non-candidate:
+    non-candidates score -inf and a candidate's own -inf is lifted to the lowest finite value
+    (NaN stays first, as without candidates). So for ``k`` ≤ Σ candidates only candidates are
+    kept, whatever the scores.
+    """
     if candidates is not None:
-        scores = jnp.where(candidates, scores, -jnp.inf)
+        low = jnp.finfo(scores.dtype).min
+        scores = jnp.where(candidates, jnp.maximum(scores, low), -jnp.inf)
     return _keep_top(scores, jnp.asarray(k, jnp.int32))
 
 
@@ -167,8 +191,13 @@ def _keep_top(scores: jax.Array, k: jax.Array) -> jax.Array:
 def _unit_view(leaf, path: str, granularity: str, allow_dense_filters: bool):
     """Scores (or a mask) per selection unit: each entry, or each output filter / neuron.
 
-    Flax kernels keep output channels last, so a filter is a slice ``leaf[..., o]``. A filter's
-    score is the sum of its entries' scores; a filter counts as kept if any entry is kept.
+    Flax kernels keep output channels last, so a filter is a slice ``leaf[..., o]``. A mask
+    counts a filter as kept if any entry of it is kept. A filter's score is the **mean** of its
+    entries' scores, and exactly their common value when they are all equal: a per-filter score
+    broadcast to the filter's entries (``scores.filter_l2``) ranks by that value, a per-entry
+    score (|θ|, SNIP, SynFlow, random) by its average per weight. Within one layer every filter
+    has the same fan-in, so the mean orders filters as their sum would; across layers (global
+    scope) a layer's fan-in does not weigh in.
     """
     if granularity == "weight":
         return jnp.ravel(leaf)
@@ -186,7 +215,9 @@ def _unit_view(leaf, path: str, granularity: str, allow_dense_filters: bool):
     axes = tuple(range(jnp.ndim(leaf) - 1))
     if jnp.result_type(leaf) == jnp.bool_:
         return jnp.any(leaf, axis=axes)
-    return jnp.sum(leaf.astype(jnp.float32), axis=axes)
+    x = jnp.asarray(leaf, jnp.float32)
+    lo = jnp.min(x, axis=axes)
+    return jnp.where(lo == jnp.max(x, axis=axes), lo, jnp.mean(x, axis=axes))
 
 
 def _unit_expand(keep, shape, granularity: str):
@@ -202,16 +233,31 @@ def layer_allocation(
     *,
     shapes: Sequence[tuple] | None = None,
     fixed: dict[int, float] | None = None,
+    capacity: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[int]:
     """Integer keep counts per layer summing exactly to round(density · Σ sizes).
 
     Per-layer target densities: ``uniform`` (the same in every layer) or ``erk``
-    (Erdős–Rényi-kernel: proportional to Σ dims / Π dims of the layer's ``shapes``, layers that
-    would exceed 1 capped and the rest rescaled). ``fixed`` maps layer positions to explicit
-    densities; the other layers share what remains of the budget. Fractional counts are rounded by
-    the largest-remainder method (ties to the earlier layer), so the total is exact.
+    (Erdős–Rényi-kernel: proportional to Σ dims / Π dims of the layer's ``shapes``). ``fixed``
+    maps layer positions to explicit densities (pins); the other layers share what remains of the
+    budget. ``capacity`` bounds each layer's count (default: its size; iterative pruning passes
+    the number of units a layer still has, its candidates). A free layer whose share would exceed
+    its capacity keeps its capacity and the other free layers share the rest, rescaled (ERK's cap
+    at density 1 is the case capacity = size). Fractional counts are rounded by the
+    largest-remainder method (ties to the earlier layer): the total is exact and no count
+    exceeds its capacity.
+
+    Args:
+        names: the layers' labels for error messages (default ``layer i``).
+
+    Raises:
+        ValueError: if the pins cannot be met: a pinned layer cannot hold its pinned count, or
+            the pins leave the other layers fewer than 0 or more units than they can hold.
     """
     sizes = np.asarray(sizes, np.int64)
+    cap = sizes.copy() if capacity is None else np.minimum(np.asarray(capacity, np.int64), sizes)
+    names = [f"layer {i}" for i in range(len(sizes))] if names is None else list(names)
     fixed = dict(fixed or {})
     total = int(round(density * sizes.sum()))
     if allocation == "uniform":
@@ -222,36 +268,44 @@ def layer_allocation(
         weight = np.array([np.sum(s) / np.prod(s) for s in shapes], np.float64)
     else:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
-    dens = np.zeros(len(sizes))
+    exact = np.zeros(len(sizes))
     for i, d in fixed.items():
-        dens[i] = validate_density(d)
+        exact[i] = validate_density(d) * sizes[i]
+        if exact[i] > cap[i] + 1e-9:
+            raise ValueError(f"{names[i]} is pinned to {exact[i]:g} units, but can keep at most "
+                             f"{cap[i]} (its candidates)")
     free = [i for i in range(len(sizes)) if i not in fixed]
-    budget = total - sum(dens[i] * sizes[i] for i in fixed)
-    if budget < -0.5 or (budget > 0.5 and not free):
+    pinned = float(exact.sum())
+    budget, room = total - pinned, int(sum(cap[i] for i in free))
+    if budget < -0.5 or budget > room + 0.5:
         raise ValueError(
-            f"per-layer densities {fixed} do not fit the total density {density}: they keep "
-            f"{total - budget:.0f} of the {total} entries to keep"
+            f"per-layer densities cannot be met: density {density} keeps {total} of the "
+            f"{int(sizes.sum())} units; the pins keep {pinned:g} "
+            f"({', '.join(f'{names[i]}: {exact[i]:g}' for i in fixed)}), leaving {budget:g} for "
+            f"the other layers {[names[i] for i in free]}, which can keep 0 to {room}"
         )
+    budget = max(budget, 0.0)  # pins over the total by less than half a unit round down
     capped: set[int] = set()
-    while free:  # cap at 1 and redistribute (only ERK can push a layer past 1)
+    while free:  # cap at capacity and redistribute to the layers with room
         rest = [i for i in free if i not in capped]
-        room = budget - sum(sizes[i] for i in capped)
-        eps = room / max(sum(weight[i] * sizes[i] for i in rest), 1e-30) if rest else 0.0
-        over = [i for i in rest if eps * weight[i] > 1.0]
+        left = budget - sum(cap[i] for i in capped)
+        eps = left / max(sum(weight[i] * sizes[i] for i in rest), 1e-30) if rest else 0.0
+        over = [i for i in rest if eps * weight[i] * sizes[i] > cap[i]]
         if not over:
             for i in capped:
-                dens[i] = 1.0
+                exact[i] = cap[i]
             for i in rest:
-                dens[i] = eps * weight[i]
+                exact[i] = eps * weight[i] * sizes[i]
             break
         capped.update(over)
-    exact = dens * sizes
     counts = np.floor(exact).astype(np.int64)
     short = total - int(counts.sum())
     order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
     for i in order[: max(short, 0)]:
         counts[i] += 1
-    return [int(min(c, n)) for c, n in zip(counts, sizes)]
+    if int(counts.sum()) != total or np.any(counts > cap):  # unreachable by the checks above
+        raise RuntimeError(f"layer allocation {counts.tolist()} misses {total} or {cap.tolist()}")
+    return [int(c) for c in counts]
 
 
 def topk_mask(
@@ -281,12 +335,23 @@ def topk_mask(
         prunable: pytree of Python bools from :func:`prunable_leaves`.
         scope: ``'global'`` or ``'per_layer'``.
         granularity: ``'weight'`` or ``'filter'`` (whole output filters of conv kernels; of dense
-            kernels too, as output neurons, with ``allow_dense_filters``).
+            kernels too, as output neurons, with ``allow_dense_filters``). A filter's score is
+            the mean of its entries' scores: a per-filter score broadcast over the filter
+            (``scores.filter_l2``) ranks by its value, a per-entry score by its mean, so across
+            layers a filter's fan-in does not weigh in.
         allocation: per-layer densities for ``per_layer``: ``'uniform'`` or ``'erk'``.
-        layer_density: explicit per-layer densities, ``{path regex: density}``, for ``per_layer``.
-        candidates: a mask; only its kept units may be kept (iterative pruning). The density is
-            still relative to all prunable units.
+        layer_density: explicit per-layer densities, ``{path regex: density}``, for
+            ``per_layer``; the other layers share the rest.
+        candidates: a mask; only its kept units may be kept (iterative pruning: a unit pruned
+            once stays pruned). The density is still relative to all prunable units. With
+            ``per_layer``, a layer keeps at most its candidates and the allocation hands the rest
+            of its share to the layers with room.
         on_empty_layer: ``'warn'``, ``'error'`` or ``'ignore'`` when a prunable leaf keeps nothing.
+
+    Raises:
+        ValueError: for a bad argument; if the candidates hold fewer units than
+            ``round(density · n)``; if ``layer_density`` pins cannot be met (they keep more than
+            the total, or leave the other layers more than they hold).
     """
     density = validate_density(density)
     if scope not in ("global", "per_layer"):
@@ -299,6 +364,8 @@ def topk_mask(
     if len(flags) != len(leaves):
         raise ValueError(f"prunable flags have {len(flags)} leaves, scores have {len(leaves)}")
     paths = leaf_paths(scores)
+    if candidates is not None:
+        check_mask(scores, candidates)
     cand = None if candidates is None else jax.tree.leaves(candidates)
     idx = [i for i, f in enumerate(flags) if f]
     view = lambda leaf, i: _unit_view(leaf, paths[i], granularity, allow_dense_filters)
@@ -308,6 +375,13 @@ def topk_mask(
     total = int(round(density * sum(sizes)))
     if total < 1:
         raise ValueError(f"density {density} keeps no entry of the {sum(sizes)} prunable units")
+    room = None if cunits is None else [int(jnp.sum(c)) for c in cunits]
+    if room is not None and sum(room) < total:
+        raise ValueError(
+            f"candidates keep {sum(room)} of the {sum(sizes)} prunable units, fewer than the "
+            f"{total} that density {density} keeps: candidates restrict the selection, they never "
+            "add to it"
+        )
     if scope == "global":
         if layer_density:
             raise ValueError("layer_density needs scope='per_layer'")
@@ -316,15 +390,18 @@ def topk_mask(
         bounds = np.cumsum([0] + sizes)
         kept_units = [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     else:
-        fixed = {}
+        fixed, names = {}, [paths[i] for i in idx]
         for pattern, d in (layer_density or {}).items():
             hits = [j for j, i in enumerate(idx) if re.search(pattern, paths[i])]
             if not hits:
                 raise ValueError(f"layer_density pattern {pattern!r} matches no prunable leaf of "
                                  f"{[paths[i] for i in idx]}")
-            fixed.update({j: d for j in hits})
+            for j in hits:
+                fixed[j] = d
+                names[j] = f"{paths[idx[j]]} (layer_density {pattern!r} = {d})"
         counts = layer_allocation(sizes, density, allocation,
-                                  shapes=[jnp.shape(leaves[i]) for i in idx], fixed=fixed)
+                                  shapes=[jnp.shape(leaves[i]) for i in idx], fixed=fixed,
+                                  capacity=room, names=names)
         kept_units = [_topk_flat(u, k, None if cunits is None else cunits[j])
                       for j, (u, k) in enumerate(zip(units, counts))]
     out = [jnp.ones(jnp.shape(s), bool) for s in leaves]
@@ -353,7 +430,8 @@ def regrow_mask(
 
     Exactly ``round(fraction · |P|)`` units are revived, P being the pruned prunable units (entries
     or whole output filters; globally or per leaf, as ``scope`` says); ties go to the lower index.
-    Kept units stay kept.
+    A filter's score is the mean of its entries' scores, as in :func:`topk_mask`. Kept units stay
+    kept.
     """
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"regrow fraction must be in [0, 1], got {fraction!r}")

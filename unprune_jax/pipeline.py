@@ -122,14 +122,10 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
         split = Split.from_dict(ckpt.load_json(split_path))
         validate_split(split, len(dataset))
     else:
-        kwargs = (
-            {"forget_classes": d.forget_classes}
-            if d.forget_classes
-            else {"forget_fraction": d.forget_fraction}
-        )
         split = make_split(
             dataset, seed=d.seed, train_size=d.train_size, val_size=d.val_size,
-            test_size=d.test_size, **kwargs,
+            test_size=d.test_size, forget_fraction=d.forget_fraction,
+            forget_classes=d.forget_classes,
         )
         if split_path is not None:
             ckpt.save_json(split_path, split.to_dict())

@@ -33,6 +33,7 @@ import numpy as np
 from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
+from .checks import check_numbers
 from .registry import closest_name, unknown_name_error
 from .data import Dataset
 from . import runs
@@ -86,7 +87,9 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        masks_lib.validate_density(self.density)
+        check_numbers(self, "prune", fraction=("density",),
+                      nonnegative=("rewind_epoch", "retrain_epochs", "seed"),
+                      at_least_one=("rounds", "synflow_iterations", "snip_batch"))
         if self.method not in PRUNERS:
             raise unknown_name_error("pruner", self.method, PRUNERS)
         checks = {
@@ -101,14 +104,11 @@ class PruneConfig:
                 close = closest_name(str(value), valid)
                 hint = f" Did you mean {close!r}?" if close else ""
                 raise ValueError(f"prune.{name} must be one of {list(valid)}, got {value!r}.{hint}")
-        for name in ("rewind_epoch",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"prune.{name} must be ≥ 0, got {getattr(self, name)}")
-        for name in ("rounds", "synflow_iterations", "snip_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"prune.{name} must be ≥ 1, got {getattr(self, name)}")
         for pattern, d in self.layer_density.items():
-            masks_lib.validate_density(d)
+            try:
+                masks_lib.validate_density(d)
+            except ValueError as e:
+                raise ValueError(f"prune.layer_density {pattern!r}: {e}") from None
 
     def selection(self) -> dict:
         """Keyword arguments of ``masks.topk_mask`` for this pruner (SFP: per-layer filters)."""
@@ -136,13 +136,19 @@ def prunable_for(cfg: PruneConfig, prunable, params):
 
 
 def select(scores, density: float, cfg: PruneConfig, prunable, candidates=None):
-    """The mask keeping the top ``density`` of ``scores`` as ``cfg`` selects."""
+    """The mask keeping the top ``density`` of ``scores`` as ``cfg`` selects.
+
+    ``candidates`` (a mask; IMP and SynFlow pass the previous round's) restrict the selection:
+    no unit outside them is kept, and fewer than ``round(density · n)`` candidates raise.
+    """
     return masks_lib.topk_mask(scores, density, prunable, candidates=candidates,
                                **cfg.selection())
 
 
 def reprune_scores(params, cfg: PruneConfig):
-    """The score for (re-)pruning trained weights: |θ|, or filter L2 norms for filter masks."""
+    """The score for (re-)pruning trained weights: |θ|, or for filter masks each filter's L2 norm
+    on all its entries (``scores.filter_l2``), which filter selection ranks by that value: a
+    filter's score is the mean of its entries' (``masks.topk_mask``), so fan-in does not weigh."""
     if cfg.selection()["granularity"] == "filter":
         return scores_lib.filter_l2(params)
     return scores_lib.magnitude(params)

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from . import masks as masks_lib
 from . import optim
 from . import runs
-from .data import Dataset, batch_indices
+from .checks import check_numbers
+from .data import Dataset, batch_indices, epoch_order
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
@@ -94,6 +95,9 @@ def make_train_step(
     gradient, weight decay or momentum say (SalUn, SFR-on). ``clip_norm`` clips the masked
     gradient's global norm.
 
+    A mask (``state.mask``, ``update_mask``) that does not fit the params raises ``ValueError``
+    when the step is traced (``masks.check_mask``), before any computation.
+
     Cached per (apply_fn, tx, loss_fn, clip_norm): every stage that shares them shares one
     compilation. ``metrics`` holds the batch's ``loss``, ``correct`` (weighted count of correct
     predictions) and ``weight`` (Σ|w|).
@@ -102,6 +106,10 @@ def make_train_step(
     def step(state: TrainState, x, y, w, extra=None):
         extra = {} if extra is None else extra
         freeze = extra.get("update_mask")
+        # at trace time, on the tracers' shapes and dtypes: free for every call after the first
+        masks_lib.check_mask(state.params, state.mask)
+        if freeze is not None:
+            masks_lib.check_mask(state.params, freeze)
 
         def objective(params):
             logits, new_model_state = apply_fn(params, state.model_state, x, True)
@@ -183,7 +191,8 @@ def accuracy(state, apply_fn, dataset: Dataset, indices, batch_size: int = 1000)
 class TrainConfig:
     """One training run: SGD with momentum and weight decay, a step learning-rate schedule.
 
-    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e).
+    ``seed`` fixes the data order: epoch e visits a permutation drawn from (seed, e). Every number
+    must be finite (``checks.check_numbers``; the unlearning methods' subclasses inherit this).
     """
 
     epochs: int = 3
@@ -197,11 +206,9 @@ class TrainConfig:
     max_loss: float | None = None
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"epochs must be ≥ 0 and batch_size ≥ 1, got {self.epochs}, "
-                             f"{self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        check_numbers(self, type(self).__name__, positive=("lr", "gamma", "max_loss"),
+                      nonnegative=("epochs", "weight_decay", "seed"), at_least_one=("batch_size",),
+                      unit=("momentum",))
 
 
 class DivergenceError(RuntimeError):
@@ -211,23 +218,6 @@ class DivergenceError(RuntimeError):
         super().__init__(message)
         self.state = state
         self.history = history
-
-
-def epoch_order(indices, seed: int, epoch: int, order_pool=None) -> np.ndarray:
-    """The visiting order of ``indices`` in ``epoch``.
-
-    With ``order_pool`` the permutation is drawn over the whole pool and then restricted to
-    ``indices``: a run on the retained set visits its examples in the same relative order as the
-    run on the full set, with the deleted examples removed and the batches re-packed. This is how
-    the gold standard reproduces the original data order.
-    """
-    indices = np.asarray(indices)
-    rng = np.random.default_rng([seed, epoch])
-    if order_pool is None:
-        return indices[rng.permutation(indices.size)]
-    pool = np.asarray(order_pool)
-    order = pool[rng.permutation(pool.size)]
-    return order[np.isin(order, indices)]
 
 
 DEFAULT_MAX_LOSS = 1e6

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import masks as masks_lib
 from . import runs
+from .checks import check_numbers
 from .registry import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
@@ -57,7 +58,8 @@ class UnpruneConfig:
         reinit: ``'theta0'`` (default; the paper reports it beats random) or ``'random'``.
         random_scale: factor on the fresh initialiser draw for ``reinit='random'``.
         reprune_score: ``'magnitude'`` (default, LWM, as the original pruner) or ``'gradient'``,
-            |θ ⊙ ∇L_Dr(θ)| at the unlearned weights. Filter masks aggregate either per filter.
+            |θ ⊙ ∇L_Dr(θ)| at the unlearned weights. Filter masks rank a filter by the mean of
+            its entries' scores (``masks.topk_mask``), for either score.
         gradient_examples: retained examples the gradient scores average over.
         seed: for the gradient scores' examples and the random regrow score.
 
@@ -76,12 +78,8 @@ class UnpruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"unprune fraction (p_θ) must be in (0, 1], got {self.fraction}")
-        if self.rounds < 1:
-            raise ValueError(f"unprune rounds must be ≥ 1, got {self.rounds}")
-        if self.gradient_examples < 1:
-            raise ValueError(f"gradient_examples must be ≥ 1, got {self.gradient_examples}")
+        check_numbers(self, "unprune", fraction=("fraction",), nonnegative=("seed",),
+                      at_least_one=("rounds", "gradient_examples"))
         for name, valid in (("regrow_score", REGROW_SCORES), ("reinit", ("theta0", "random")),
                             ("reprune_score", REPRUNE_SCORES)):
             if getattr(self, name) not in valid:

@@ -13,7 +13,9 @@ override it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -75,6 +77,18 @@ def default_prunable(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return PRUNABLE[name]
 
 
+def check_model_kwargs(name: str, kwargs: dict) -> None:
+    """Raises ``ValueError`` naming an unknown keyword argument of model ``name`` and the valid
+    ones: the fields of its Linen module class (a factory's return annotation names the class),
+    except ``num_classes`` (set from the data), ``parent`` and ``name``."""
+    build = MODELS[name][0]
+    cls = build if isinstance(build, type) else typing.get_type_hints(build)["return"]
+    valid = sorted({f.name for f in dataclasses.fields(cls)} - {"num_classes", "parent", "name"})
+    for key in kwargs:
+        if key not in valid:
+            raise unknown_name_error(f"model.kwargs key of {name!r}:", key, valid)
+
+
 def get_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """The model registered as ``name``; ``kwargs`` go to its constructor."""
     _check_name(name)
@@ -116,4 +130,5 @@ def _apply_fn(model: nn.Module):
 
 
 __all__ = ["MODELS", "PRUNABLE", "AlexNet", "MLP", "ResNet18", "SmallCNN", "ViT", "vit_b16",
-           "vit_small", "default_prunable", "get_model", "init_model", "make_apply_fn"]
+           "vit_small", "check_model_kwargs", "default_prunable", "get_model", "init_model",
+           "make_apply_fn"]

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from .. import masks as masks_lib
 from ..registry import unknown_name_error
 from ..data import Dataset
 from .. import runs
@@ -116,12 +117,16 @@ def run(
     runs when one diverges; the K runs are then redone one by one, so only the diverging run
     reports it.
 
+    ``state.mask`` must fit ``state.params`` (structure, shapes, bool; ``masks.check_mask``),
+    or ``ValueError`` is raised before the method starts.
+
     On divergence (see ``train.DivergenceError``), ``on_divergence='raise'`` re-raises and
     ``'keep_last_good'`` returns the last good state with the error text in ``metrics['diverged']``.
     """
     if on_divergence not in ("raise", "keep_last_good"):
         raise ValueError(f"on_divergence must be 'raise' or 'keep_last_good', got {on_divergence!r}")
     entry = get(name)
+    masks_lib.check_mask(state.params, state.mask)
     cfg = entry.defaults if cfg is None else cfg
     if not isinstance(cfg, type(entry.defaults)):
         # a plain TrainConfig: its shared fields, the method's own defaults for the rest
