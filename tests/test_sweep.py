@@ -55,7 +55,10 @@ def test_sweep_equals_separate_runs_and_shares_the_original_side(tmp_path, strat
         for ra, rb in zip(a, b):
             for key, va in ra.items():
                 if isinstance(va, float):
-                    tol = 0 if strategy == "loop" else 2e-2
+                    # loop: the same computations, but each variant's context compiles its own
+                    # step, and XLA:CPU's results may differ in the last bits between two
+                    # compilations of one program (seen: 7e-9 in a weight)
+                    tol = 1e-6 if strategy == "loop" else 2e-2
                     assert rb[key] == pytest.approx(va, abs=tol), (frac, label(ra), key)
                 else:
                     assert rb[key] == va, (frac, label(ra), key)

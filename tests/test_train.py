@@ -145,6 +145,25 @@ def test_divergence_guard_keeps_last_good_state():
     assert len(e.value.history) >= 1
 
 
+def test_divergence_in_the_last_update_is_caught():
+    """Issue 12: FT at lr 1e8 with one batch per epoch: every batch's loss is computed before
+    its update, so only the loss after the last update shows the blow-up. A probe step after the
+    last epoch (its result dropped) checks it against max_loss, or the default limit."""
+    ds, apply_fn, tx, state, _ = small_cnn_setup()
+    step = make_train_step(apply_fn, tx, losses.cross_entropy)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e8)
+    with pytest.raises(DivergenceError, match=r"after the last update of epoch 1 \(no max_loss "
+                       r"set: the default limit") as e:
+        fit(state, step, ds, np.arange(32), cfg, progress=False)
+    # the last good state is the one the epoch started from: the input, untouched
+    for a, b in zip(jax.tree.leaves(e.value.state.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a sane run passes the same check, and the probe leaves no trace in the state
+    ok, hist, _ = fit(state, step, ds, np.arange(32), TrainConfig(epochs=1, batch_size=32,
+                                                                  lr=0.01), progress=False)
+    assert int(ok.step) == 1 and len(hist) == 1
+
+
 def test_gold_order_is_the_original_order_without_the_forget_set():
     train = np.arange(100, 150)
     retain = train[np.random.default_rng(0).random(50) > 0.2]

@@ -529,8 +529,10 @@ class Trainer:
                     what = _divergence(after, r, limit)
                     what = what and f"{what.split(' at ')[0]} after the last update"
                 if what and failure is None:
-                    failure = (f"{desc}: run {r}: {what} of epoch {epoch + 1} (limit |loss| ≤ "
-                               f"{limit:g}); kept the state from the start of that epoch")
+                    bound = (f"max_loss={cfgs[r].max_loss}" if cfgs[r].max_loss is not None
+                             else f"no max_loss set: the default limit |loss| ≤ {limit:g}")
+                    failure = (f"{desc}: run {r}: {what} of epoch {epoch + 1} ({bound}); kept "
+                               "the state from the start of that epoch")
             if failure is not None:
                 raise DivergenceError(failure, runs.finish(good, plan, k), histories)
             if epoch + 1 - start_epoch in snapshot_epochs:
