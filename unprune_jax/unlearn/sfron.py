@@ -38,9 +38,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .. import losses
+from .. import losses, optim
 from .. import masks as masks_lib
-from .. import optim
 from ..data import batch_indices
 from ..train import DivergenceError, TrainConfig, make_train_step
 from .base import register
@@ -124,7 +123,7 @@ def sfron_forget_loss(logits, labels, weights, extra, params=None) -> jax.Array:
     return -extra["alpha"] * jnp.sum(adaptive_weights(ce, weights, extra["lam"]) * ce)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_squared_grad(apply_fn):
     """Compiled ``(params, model_state, mask, x, y, w) -> (∇ CE)²`` in eval mode."""
 
@@ -152,18 +151,12 @@ def fisher_diagonal(state, apply_fn, dataset, indices, batch_size, seed, max_bat
     for b in range(len(idx)):
         sq = fn(state.params, state.model_state, state.mask, dataset.x[idx[b]], dataset.y[idx[b]],
                 w[b])
-        total = sq if total is None else _tree_add(total, sq)
-    return _tree_scale(total, np.float32(1.0 / len(idx)))
+        total = sq if total is None else _add(total, sq)
+    return _scale(np.float32(1.0 / len(idx)), total)
 
 
-@jax.jit
-def _tree_add(a, b):
-    return jax.tree.map(jnp.add, a, b)
-
-
-@jax.jit
-def _tree_scale(a, c):
-    return jax.tree.map(lambda x: x * c, a)
+_add = jax.jit(optax.tree.add)
+_scale = jax.jit(optax.tree.scale)
 
 
 @jax.jit
@@ -199,7 +192,8 @@ def _cycle(indices, batch_size: int, seed: int, stream: int):
 
 @jax.jit
 def _fast_slow(fast, slow, beta):
-    return jax.tree.map(lambda f, s: beta * f + (1 - beta) * s, fast, slow)
+    """β·fast + (1 − β)·slow."""
+    return optax.tree.add_scale(optax.tree.scale(beta, fast), 1 - beta, slow)
 
 
 @register(
