@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,8 @@ import numpy as np
 from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
-from .registry import closest_name, unknown_name_error
 from .data import Dataset
+from .registry import Registry, closest_name
 from .train import TrainConfig, TrainState, fit, make_train_step
 
 
@@ -86,8 +86,7 @@ class PruneConfig:
 
     def __post_init__(self):
         masks_lib.validate_density(self.density)
-        if self.method not in PRUNERS:
-            raise unknown_name_error("pruner", self.method, PRUNERS)
+        PRUNERS.check(self.method)
         checks = {
             "scope": (self.scope, ("global", "per_layer")),
             "granularity": (self.granularity, masks_lib.GRANULARITIES),
@@ -106,7 +105,7 @@ class PruneConfig:
         for name in ("rounds", "synflow_iterations", "snip_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"prune.{name} must be ≥ 1, got {getattr(self, name)}")
-        for pattern, d in self.layer_density.items():
+        for d in self.layer_density.values():
             masks_lib.validate_density(d)
 
     def selection(self) -> dict:
@@ -304,14 +303,16 @@ def _sfp(r: _Run) -> PruneResult:
     return PruneResult(scored, sparse, {"soft": history, "zero_bn": cfg.sfp_zero_bn})
 
 
-PRUNERS: dict[str, tuple[Callable[[_Run], PruneResult], str]] = {
-    "omp": (_omp, "one-shot magnitude pruning after training, rewind, sparse retraining"),
-    "imp": (_imp, "iterative magnitude pruning: R rounds of train, prune, rewind"),
-    "synflow": (_synflow, "SynFlow at initialisation (data-free, iterative), then training"),
-    "snip": (_snip, "SNIP at initialisation on a training batch, then training"),
-    "random": (_random, "random mask at initialisation, then training (control)"),
-    "sfp": (_sfp, "soft filter pruning: zero the lowest-L2 filters after every epoch"),
-}
+#: Every pruner by name: ``PRUNERS.get(name)(run) -> PruneResult`` (``unprune-jax list pruners``).
+PRUNERS: Registry[Callable[[_Run], PruneResult]] = Registry("pruner")
+PRUNERS.register("omp", "one-shot magnitude pruning after training, rewind, sparse retraining",
+                 _omp)
+PRUNERS.register("imp", "iterative magnitude pruning: R rounds of train, prune, rewind", _imp)
+PRUNERS.register("synflow", "SynFlow at initialisation (data-free, iterative), then training",
+                 _synflow)
+PRUNERS.register("snip", "SNIP at initialisation on a training batch, then training", _snip)
+PRUNERS.register("random", "random mask at initialisation, then training (control)", _random)
+PRUNERS.register("sfp", "soft filter pruning: zero the lowest-L2 filters after every epoch", _sfp)
 
 
 def run(
@@ -336,5 +337,5 @@ def run(
     """
     r = _Run(init, apply_fn, tx, dataset, np.asarray(indices), train_cfg, cfg,
              prunable_for(cfg, prunable, init.params), order_pool, desc, progress)
-    return PRUNERS[cfg.method][0](r)
+    return PRUNERS.get(cfg.method)(r)
 

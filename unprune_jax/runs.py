@@ -43,13 +43,24 @@ from tqdm.auto import tqdm
 
 from . import optim
 from .data import Dataset, batch_indices
+from .registry import Registry
 from .train import DivergenceError, TrainConfig, TrainState, epoch_order
 
 PyTree = Any
 StepFn = Callable[..., tuple[Any, dict]]
 
-STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
-_CONCRETE = ("vmap", "map", "loop", "shard")
+#: How K runs execute (``fit_many(strategy=...)``, ``unprune-jax sweep --strategy``); each entry's
+#: value is its name, which :func:`make_k_step` and :func:`fit_many` branch on.
+STRATEGIES: Registry[str] = Registry("strategy")
+STRATEGIES.register("auto", "time each strategy on the real shapes once; never pick one slower "
+                    "than the loop", "auto")
+STRATEGIES.register("vmap", "jit(vmap(step)): one dispatch, K-wide kernels", "vmap")
+STRATEGIES.register("map", "jit(lax.map(step)): one dispatch, the K runs sequential inside the "
+                    "program", "map")
+STRATEGIES.register("loop", "a Python loop of the single-run jitted step (the baseline)", "loop")
+STRATEGIES.register("shard", "vmap with the K axis laid over the 'runs' axis of a device mesh",
+                    "shard")
+_CONCRETE = tuple(name for name in STRATEGIES if name != "auto")
 
 
 # --- stacking -------------------------------------------------------------------------------------
@@ -485,8 +496,7 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, *, strategy: str = "auto"
         RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
             than ``memory_limit_bytes``; the message says how many are needed and available.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    STRATEGIES.check(strategy)
     _check_map_batch_size(map_batch_size)
     limit = memory_limit_bytes
     k = num_runs(states)
@@ -635,8 +645,7 @@ def fit_many(
         if s.size == 0:
             raise ValueError(f"{desc}: run {i} has no examples to train on")
     cfgs = _check_cfgs(cfgs, k)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    STRATEGIES.check(strategy)
     _check_map_batch_size(map_batch_size)
     if memory_limit_bytes == "device":
         memory_limit_bytes = default_memory_limit()
