@@ -37,7 +37,8 @@ from unprune_jax import checkpoint, config, pipeline
 GOAL = 0.1
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = [
-    "data.name=synthetic", "data.val_size=64", "model.kwargs={widths = [4, 8], hidden = 16}", "train.epochs=1",
+    "data.name=synthetic", "data.val_size=64", "model.kwargs={widths = [4, 8], hidden = 16}",
+    "train.epochs=1",
     "train.batch_size=64", "unlearn.methods=['FT', 'GA']",
     "unlearn.settings={FT = {epochs = 1}, GA = {epochs = 1}}", "evaluate.seeds=2",
 ]
@@ -67,7 +68,8 @@ def cost_rows(results: dict) -> list[dict]:
     gold = rows.get("gold (retrain + re-prune)")
     unpruned = [name for name in rows if name.endswith(" + un-prune")]
     if gold is None or not unpruned:
-        raise ValueError(f"results need a gold row and '<method> + un-prune' rows; got {list(rows)}")
+        raise ValueError("results need a gold row and '<method> + un-prune' rows; "
+                         f"got {list(rows)}")
     gold_s = gold["seconds"] - gold.get("compile_seconds", 0.0)
     out = []
     for name in unpruned:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .pipeline import format_table, summary_lines
 

@@ -94,17 +94,10 @@ def retained_batch(task, cfg: UnpruneConfig):
 #: Regrow scores (``unprune.regrow_score``): ``fn(cfg, task, state, dense_params) -> score
 #: pytree``, higher = revive first.
 REGROW_SCORES: Registry[Callable] = Registry("unprune.regrow_score")
-
-
-@REGROW_SCORES.register("dense", "|θ| of the stored dense weights the original pruner scored "
-                        "(default)")
-def _regrow_dense(cfg, task, state, dense_params):
-    return scores_lib.magnitude(dense_params)
-
-
-@REGROW_SCORES.register("theta0", "|θ_0|, the magnitudes of the initial weights")
-def _regrow_theta0(cfg, task, state, dense_params):
-    return scores_lib.magnitude(task.init.params)
+REGROW_SCORES.register("dense", "|θ| of the stored dense weights the original pruner scored "
+                       "(default)", lambda cfg, task, state, dense: scores_lib.magnitude(dense))
+REGROW_SCORES.register("theta0", "|θ_0|, the magnitudes of the initial weights",
+                       lambda cfg, task, state, dense: scores_lib.magnitude(task.init.params))
 
 
 @REGROW_SCORES.register("gradient", "|θ_dense ⊙ ∇L_Dr(θ_dense)| on gradient_examples retained "
@@ -114,20 +107,15 @@ def _regrow_gradient(cfg, task, state, dense_params):
     return scores_lib.snip(dense_params, state.model_state, task.apply_fn, x, y)
 
 
-@REGROW_SCORES.register("random", "uniform random, seeded by unprune.seed (control)")
-def _regrow_random(cfg, task, state, dense_params):
-    return scores_lib.random(dense_params, jax.random.PRNGKey(cfg.seed))
-
+REGROW_SCORES.register("random", "uniform random, seeded by unprune.seed (control)",
+                       lambda cfg, task, state, dense: scores_lib.random(
+                           dense, jax.random.PRNGKey(cfg.seed)))
 
 #: Values of revived entries (``unprune.reinit``): ``fn(cfg, task, random_params) -> params`` whose
 #: entries the revived ones take.
 REINITS: Registry[Callable] = Registry("unprune.reinit")
-
-
-@REINITS.register("theta0", "their initial values θ_0 (default; the paper reports it beats "
-                  "random)")
-def _reinit_theta0(cfg, task, random_params):
-    return task.init.params
+REINITS.register("theta0", "their initial values θ_0 (default; the paper reports it beats random)",
+                 lambda cfg, task, random_params: task.init.params)
 
 
 @REINITS.register("random", "a fresh draw of the model's initialiser × random_scale")
@@ -140,12 +128,10 @@ def _reinit_random(cfg, task, random_params):
 #: Re-prune scores (``unprune.reprune_score``): ``fn(cfg, task, state, prune_cfg) -> score
 #: pytree`` at the unlearned weights, higher = keep.
 REPRUNE_SCORES: Registry[Callable] = Registry("unprune.reprune_score")
-
-
-@REPRUNE_SCORES.register("magnitude", "|θ| (filter L2 norm for structured masks), as the "
-                         "original pruner (default)")
-def _reprune_magnitude(cfg, task, state, prune_cfg):
-    return prune_lib.reprune_scores(state.params, prune_cfg)
+REPRUNE_SCORES.register("magnitude", "|θ| (filter L2 norm for structured masks), as the original "
+                        "pruner (default)",
+                        lambda cfg, task, state, prune_cfg: prune_lib.reprune_scores(state.params,
+                                                                                    prune_cfg))
 
 
 @REPRUNE_SCORES.register("gradient", "|θ ⊙ ∇L_Dr(θ)| at the unlearned weights on "
