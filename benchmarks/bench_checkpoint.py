@@ -40,7 +40,8 @@ def dir_bytes(path: pathlib.Path) -> int:
 
 def make_state(model_name: str, density: float) -> TrainState:
     model = get_model(model_name)
-    params, model_state = init_model(model, jax.random.PRNGKey(0), jnp.zeros((2, *INPUT_SHAPES[model_name])))
+    params, model_state = init_model(model, jax.random.PRNGKey(0),
+                                     jnp.zeros((2, *INPUT_SHAPES[model_name])))
     scores = jax.tree.map(lambda p: jnp.abs(p), params)  # magnitude: a realistic, clustered mask
     mask = masks.topk_mask(scores, density, masks.prunable_leaves(params), "global")
     tx = optim.sgd(0.01, 0.9, 5e-4)
@@ -63,7 +64,8 @@ def main(argv=None) -> list[dict]:
         "params": state.params, "model_state (batch stats)": state.model_state,
         "opt_state (momentum + hyperparams)": state.opt_state, "mask (bool)": state.mask,
     }
-    print(f"# checkpoint bytes: {args.model}, {n_params:,} parameters, mask density {args.density}\n")
+    print(f"# checkpoint bytes: {args.model}, {n_params:,} parameters, "
+          f"mask density {args.density}\n")
     print("| part | in memory (bytes) |")
     print("|---|---:|")
     for name, tree in parts.items():
@@ -74,7 +76,8 @@ def main(argv=None) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, patch in [("bool masks (1 byte/entry, format 1)", True), ("packed-bit masks (now)", False)]:
+        for label, patch in [("bool masks (1 byte/entry, format 1)", True),
+                             ("packed-bit masks (now)", False)]:
             run = pathlib.Path(tmp, label.split()[0])
             if patch:  # what format 1 wrote: the bool array itself
                 with mock.patch.object(checkpoint, "_pack_bits", lambda a: a):
@@ -89,7 +92,8 @@ def main(argv=None) -> list[dict]:
                            zip(jax.tree.leaves(restored), jax.tree.leaves(state)))
                 assert same, "packed checkpoint did not restore the state exactly"
             rows.append({"format": label, "stage": dir_bytes(d), "mask_stage": dir_bytes(dm)})
-    print("\n| checkpoint format | whole TrainState stage on disk (bytes) | mask-only stage on disk (bytes) |")
+    print("\n| checkpoint format | whole TrainState stage on disk (bytes) "
+          "| mask-only stage on disk (bytes) |")
     print("|---|---:|---:|")
     for r in rows:
         print(f"| {r['format']} | {r['stage']:,} | {r['mask_stage']:,} |")

@@ -139,10 +139,13 @@ def main(argv=None) -> dict:
     print(f"| **MFU** (achieved ÷ matmul rate) | **{mfu:.1%}** |")
     if on_gpu and args.model == "resnet18":
         print(f"\nGPU goals: MFU ≥ 30%: {'met' if mfu >= GPU_GOAL_MFU else 'not met'}; "
-              f"≥ 72k img/s (2.4× PyTorch compiled): {'met' if img_s >= GPU_GOAL_IMG_S else 'not met'}")
+              f"≥ 72k img/s (2.4× PyTorch compiled): "
+              f"{'met' if img_s >= GPU_GOAL_IMG_S else 'not met'}")
     else:
-        print(f"\n(backend {jax.default_backend()}: the ≥ 30% MFU goal is for a GPU; not measured here)")
-    return {"matmul_flops": rate, "step_seconds": t, "img_s": img_s, "step_flops": flops, "mfu": mfu}
+        print(f"\n(backend {jax.default_backend()}: the ≥ 30% MFU goal is for a GPU; "
+              "not measured here)")
+    return {"matmul_flops": rate, "step_seconds": t, "img_s": img_s, "step_flops": flops,
+            "mfu": mfu}
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def jax_rows(args, data, *, scan=True):
         st = {"s": TrainState.create(params, ms, tx, random_mask(params, DENSITY, 0)), "e": 0}
         all_idx = np.arange(len(data.y))
 
-        def epoch(step=step, st=st, n=None):
+        def epoch(step=step, st=st, all_idx=all_idx, n=None):
             idx = all_idx if n is None else all_idx[:n]
             cfg = TrainConfig(epochs=1, batch_size=args.batch, lr=LR, momentum=MOMENTUM,
                               weight_decay=WD, seed=st["e"])
@@ -185,8 +185,8 @@ def scan_row(args, data, model, tx):
         w = (np.arange(steps * args.batch) < n).astype(np.float32).reshape(steps, args.batch)
         return data.x[idx], data.y[idx], w
 
-    def epoch(n=len(data.y)):
-        st["s"], loss = run_epoch(st["s"], *batches(n))
+    def epoch(n=None):
+        st["s"], loss = run_epoch(st["s"], *batches(len(data.y) if n is None else n))
         jax.block_until_ready(loss)
 
     # The scan compiles for the number of steps in the epoch: warm up on the real epoch length.
@@ -238,7 +238,8 @@ def torch_rows(args, data, compile_too=True):
         loss_fn = tnn.CrossEntropyLoss()
         state = {"e": 0}
 
-        def epoch(n=len(y_all)):
+        def epoch(n=None):
+            n = len(y_all) if n is None else n
             order = torch.from_numpy(np.random.default_rng(state["e"]).permutation(n))
             state["e"] += 1
             loss = None
@@ -289,7 +290,7 @@ def sweep(args) -> list[tuple[str, float | str]]:
         cmd = [sys.executable, __file__, "--model", args.model, "--images", str(args.images),
                "--batch", str(args.batch), "--repeats", str(args.repeats), "--only-ours"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("ONLY_OURS ")]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ONLY_OURS ")]
         if proc.returncode != 0 or not lines:
             out.append((flags, f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
         else:
@@ -343,7 +344,7 @@ def main(argv=None):
 
     ours = live[0]
     torch_eager = next((r for r in live if "eager (NCHW)" in r.label), None)
-    print(f"\n| variant | epoch s (median) | epoch s (best) | img/s | ours speed ÷ this row's |")
+    print("\n| variant | epoch s (median) | epoch s (best) | img/s | ours speed ÷ this row's |")
     print("|---|---:|---:|---:|---:|")
     for r in live:
         print(f"| {r.label} | {r.median:.2f} | {min(r.times):.2f} | {args.images / r.median:,.0f} "

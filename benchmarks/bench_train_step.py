@@ -107,7 +107,7 @@ def random_mask(params, density, seed):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1000 + seed), len(leaves))
     scores = jax.tree.unflatten(
-        treedef, [jax.random.uniform(k, jnp.shape(l)) for k, l in zip(keys, leaves)]
+        treedef, [jax.random.uniform(k, jnp.shape(leaf)) for k, leaf in zip(keys, leaves)]
     )
     return masks.topk_mask(scores, density, prunable, "global")
 
@@ -328,7 +328,7 @@ def machine_lines():
     ]
     try:
         with open("/proc/cpuinfo") as f:
-            names = {l.split(":", 1)[1].strip() for l in f if l.startswith("model name")}
+            names = {ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")}
         if names:
             lines.append(f"cpu model: {', '.join(sorted(names))}")
     except OSError:
@@ -443,9 +443,9 @@ def main(argv=None):
         print("\nK runs at once (aggregate img/s over the K runs; ratio = vmap / loop):\n")
         print("| K | vmap img/s | loop img/s | vmap/loop (median) | vmap/loop (best) |")
         print("|---:|---:|---:|---:|---:|")
-        for (v, l), k in zip(k_pairs, args.k):
-            print(f"| {k} | {v.rate():,.0f} | {l.rate():,.0f} | {v.rate() / l.rate():.2f} | "
-                  f"{v.rate('best') / l.rate('best'):.2f} |")
+        for (v, lp), k in zip(k_pairs, args.k):
+            print(f"| {k} | {v.rate():,.0f} | {lp.rate():,.0f} | {v.rate() / lp.rate():.2f} | "
+                  f"{v.rate('best') / lp.rate('best'):.2f} |")
     others = meter.share()
     spread = max(max(r.times) / min(r.times) for r in runners)
     print(f"\nlargest max/min time spread over the repeats of one variant: {spread:.2f}x; "

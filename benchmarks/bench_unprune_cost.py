@@ -37,7 +37,8 @@ from unprune_jax import checkpoint, config, pipeline
 GOAL = 0.1
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = [
-    "data.name=synthetic", "data.val_size=64", "model.kwargs={widths = [4, 8], hidden = 16}", "train.epochs=1",
+    "data.name=synthetic", "data.val_size=64", "model.kwargs={widths = [4, 8], hidden = 16}",
+    "train.epochs=1",
     "train.batch_size=64", "unlearn.methods=['FT', 'GA']",
     "unlearn.settings={FT = {epochs = 1}, GA = {epochs = 1}}", "evaluate.seeds=2",
 ]

@@ -47,7 +47,8 @@ def main(argv=None) -> Path:
     plt = common.pyplot()
 
     s = common.fashion_setup(args.train_size, data_dir=args.data_dir)
-    data, split, apply_fn, tx, init, base_flags = s.dataset, s.split, s.apply_fn, s.tx, s.init, s.prunable
+    data, split, apply_fn, tx, init = s.dataset, s.split, s.apply_fn, s.tx, s.init
+    base_flags = s.prunable
     params0 = init.params
     train_cfg = TrainConfig(epochs=args.epochs, lr=0.05, seed=0)
 
@@ -60,7 +61,7 @@ def main(argv=None) -> Path:
             flags = prune.prunable_for(cfg, base_flags, params0)
             t0 = time.perf_counter()
 
-            def run(indices, seed, order_pool=None):
+            def run(indices, seed, order_pool=None, cfg=cfg):
                 # the seed sets all data randomness: the order and SNIP's batch
                 return prune.run(init, apply_fn, tx, data, indices,
                                  dataclasses.replace(train_cfg, seed=seed),

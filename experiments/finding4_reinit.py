@@ -106,7 +106,8 @@ def main(argv=None) -> Path:
         {"train_size": args.train_size, "epochs": args.epochs, "density": args.density,
          "methods": args.methods, "method_epochs": args.method_epochs, "pruner": "omp",
          "unprune": "p_θ 0.1, 1 round, regrow dense, re-prune magnitude"},
-        {"split": 0, "model (θ_0)": 0, "random re-init params": 1, "forget sets": args.forget_seeds})
+        {"split": 0, "model (θ_0)": 0, "random re-init params": 1,
+         "forget sets": args.forget_seeds})
     notes = "Paired difference IoU(θ_0) − IoU(random ×1) to gold, per forget set:\n\n" + "\n".join(
         f"- {m}: " + ", ".join(f"{d:+.4f}" for d in v) + f" (mean {v.mean():+.4f})"
         for m, v in paired.items())

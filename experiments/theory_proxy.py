@@ -74,7 +74,7 @@ def omp_mask(params, density, flags):
                         flags)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_lambda(apply_fn, iters, tol):
     """Compiled λ(M) at (params, model_state, mask) on one batch: power iteration on masked HVPs."""
 
@@ -203,7 +203,7 @@ def part_b(cfg, data, split, model, apply_fn, log):
             row = {
                 "density": d, "setting": name, "p_theta": "" if p is None else p,
                 "reinit": reinit or "", "lambda": lam,
-                "drift_init": float(theory.tree_norm(masks.apply_mask(
+                "drift_init": float(optax.tree.norm(masks.apply_mask(
                     jax.tree.map(jnp.subtract, state.params, params0), state.mask))),
                 "t_total": t_total, "t_unlearn": t_unlearn,
                 "e_total": e_total, "e_unlearn": e_unlearn,

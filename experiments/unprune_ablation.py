@@ -6,7 +6,8 @@ defaults (p_θ 0.1, K 1, re-init θ_0, regrow by dense magnitude, re-prune by ma
 setting: IoU to the gold mask (against the original's, the dashed line), the corrected fraction of
 the original's differences from gold, and UA / TA.
 
-    python experiments/unprune_ablation.py [--train-size 20000] [--epochs 3] [--out experiments/results]
+    python experiments/unprune_ablation.py [--train-size 20000] [--epochs 3] \\
+        [--out experiments/results]
 
 Needs matplotlib (``pip install matplotlib``).
 """

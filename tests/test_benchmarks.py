@@ -8,7 +8,6 @@ numbers they return, not speed.
 from __future__ import annotations
 
 import importlib.util
-import json
 import pathlib
 import re
 import shlex
@@ -62,11 +61,13 @@ def test_bench_torch_tiny(capsys):
         assert "PyTorch | failed: not importable" in out
     else:
         assert len(_table_rows(out, "PyTorch")) == 2
-        assert re.search(r"ours vs fastest PyTorch row .*: \d+\.\d\dx \(goal >= 1.0: (met|not met)\)", out)
+        assert re.search(r"ours vs fastest PyTorch row .*: \d+\.\d\dx "
+                         r"\(goal >= 1.0: (met|not met)\)", out)
 
 
 def test_bench_torch_maxpool_twin_matches_small_cnn():
-    """The 'before' row's model is SmallCNN(pool='max') with nn.max_pool: same params, same output."""
+    """The 'before' row's model is SmallCNN(pool='max') with nn.max_pool: same params, same
+    output."""
     import jax
     import jax.numpy as jnp
 
@@ -74,7 +75,8 @@ def test_bench_torch_maxpool_twin_matches_small_cnn():
     new, old = mod.jax_model("maxpool"), mod.jax_model("maxpool", flax_pool=True)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
     params = new.init(jax.random.PRNGKey(1), x)
-    np.testing.assert_array_equal(np.asarray(new.apply(params, x)), np.asarray(old.apply(params, x)))
+    np.testing.assert_array_equal(np.asarray(new.apply(params, x)),
+                                  np.asarray(old.apply(params, x)))
     assert jax.tree.structure(params) == jax.tree.structure(old.init(jax.random.PRNGKey(1), x))
     assert jnp.shape(new.apply(params, x)) == (2, 10)
 
@@ -100,7 +102,8 @@ def test_bench_mfu_tiny(capsys):
     out = capsys.readouterr().out
     assert "MFU" in out and "not measured here" in out
     assert res["matmul_flops"] > 0 and res["step_flops"] > 0 and res["img_s"] > 0
-    assert res["mfu"] == pytest.approx(res["step_flops"] / res["step_seconds"] / res["matmul_flops"])
+    assert res["mfu"] == pytest.approx(
+        res["step_flops"] / res["step_seconds"] / res["matmul_flops"])
 
 
 def test_bench_mfu_counts_matmul_flops():
@@ -143,7 +146,8 @@ def test_bench_unprune_cost_from_run_dir(tmp_path, capsys):
     assert row["method"] == "FT"
     assert row["unprune_rte"] == pytest.approx(1.0 / 20.0)  # gold: 21 s - 1 s compile
     assert (row["row_rte"], row["method_rte"]) == (0.25, 0.2)
-    assert (row["iou_gold"], row["iou_gold_method"], row["llr"], row["llr_method"]) == (0.4, 0.5, 0.9, 0.2)
+    got = (row["iou_gold"], row["iou_gold_method"], row["llr"], row["llr_method"])
+    assert got == (0.4, 0.5, 0.9, 0.2)
     out = capsys.readouterr().out
     assert "| FT | 0.0500 (met) | 0.250 | 0.200 | 0.400 / 0.500 | +0.90 / +0.20 |" in out
 
@@ -163,7 +167,7 @@ def test_bench_checkpoint_packed_masks_are_smaller(capsys):
     out = capsys.readouterr().out
     n = 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10  # MLP parameters
     assert f"| mask (bool) | {n:,} |" in out
-    assert f"| mask as packed bits |" in out
+    assert "| mask as packed bits |" in out
 
 
 def test_gpu_script_flags_parse():

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from unprune_jax import __version__, cli, pipeline, prune, scores, sweep, unlearn
+from unprune_jax import __version__, cli, pipeline, prune, runs, scores, sweep, unlearn
 from unprune_jax.data import DATASET_NAMES
 from unprune_jax.models import MODELS
 
@@ -48,31 +48,36 @@ def test_unknown_subcommand_suggests_the_closest(capsys):
 def test_list_describes_every_entry_of_every_category(capsys):
     code, out, _ = run_main(["list"], capsys)
     assert code == 0
-    registries = {
-        "pruners": prune.PRUNERS, "scores": scores.SCORES, "unlearners": unlearn.REGISTRY,
-        "models": MODELS, "datasets": DATASET_NAMES,
+    names = {
+        "pruners": list(prune.PRUNERS), "scores": list(scores.SCORES),
+        "unlearners": list(unlearn.REGISTRY), "models": list(MODELS),
+        "datasets": list(DATASET_NAMES), "strategies": ["auto", "vmap", "map", "loop", "shard"],
+        "unprune_options": [f"regrow_score={n}" for n in ("dense", "theta0", "gradient", "random")]
+        + ["reinit=theta0", "reinit=random", "reprune_score=magnitude", "reprune_score=gradient"],
     }
     sections = dict(re.findall(r"^(\w+):\n((?:  .*\n?)+)", out, flags=re.M))
-    assert list(sections) == list(cli.LIST_CATEGORIES)
-    for category, names in registries.items():
+    assert list(sections) == list(cli.LIST_CATEGORIES) and set(sections) == set(names)
+    for category, expected in names.items():
         lines = sections[category].splitlines()
-        assert [ln.split()[0] for ln in lines] == list(names), category
+        assert [ln.split()[0] for ln in lines] == expected, category
         for ln in lines:  # a name, then a real description
             assert len(ln.split(None, 1)[1]) > 5 and "(no description)" not in ln, ln
 
 
-def test_every_dataset_name_and_strategy_has_a_description():
-    from unprune_jax import runs
-
+def test_every_dataset_name_has_a_description_and_sweep_help_lists_the_strategies(capsys):
     assert list(cli.list_entries("datasets")) == list(DATASET_NAMES)
-    assert tuple(cli.STRATEGIES) == runs.STRATEGIES
+    code, out, _ = run_main(["sweep", "--help"], capsys)
+    assert code == 0
+    for name, description in runs.STRATEGIES.describe().items():
+        assert f"  {name:<6} {description}" in out, name
 
 
 def test_list_one_category_and_a_misspelt_one(capsys):
     code, out, _ = run_main(["list", "models"], capsys)
     assert code == 0 and out.startswith("models:\n") and "pruners:" not in out
     code, _, err = run_main(["list", "unlerners"], capsys)
-    assert code == 2 and "unknown category 'unlerners'" in err and "Did you mean 'unlearners'?" in err
+    assert code == 2 and "unknown category 'unlerners'" in err
+    assert "Did you mean 'unlearners'?" in err
 
 
 @pytest.mark.parametrize(
@@ -80,9 +85,11 @@ def test_list_one_category_and_a_misspelt_one(capsys):
     [
         ("prune.method=ompp", "unknown pruner 'ompp'.*Did you mean 'omp'"),
         ("model.name=smal_cnn", "unknown model 'smal_cnn'.*Did you mean 'small_cnn'"),
-        ("data.name=fashion-mnist", "unknown dataset 'fashion-mnist'.*Did you mean 'fashion_mnist'"),
+        ("data.name=fashion-mnist",
+         "unknown dataset 'fashion-mnist'.*Did you mean 'fashion_mnist'"),
         ("unlearn.methods=['ft']", "unknown unlearning method 'ft'.*Did you mean 'FT'"),
-        ("unlearn.settings.NegGrad.beta=0.5", "unlearn.settings 'NegGrad'.*Did you mean 'NegGrad\\+'"),
+        ("unlearn.settings.NegGrad.beta=0.5",
+         "unlearn.settings 'NegGrad'.*Did you mean 'NegGrad\\+'"),
         ("prune.scope=per-layer", "prune.scope must be one of.*Did you mean 'per_layer'"),
         ("unprune.regrow_score=gradiant", "unprune.regrow_score.*Did you mean 'gradient'"),
         ("unprune.reinit=theta_0", "unprune.reinit.*Did you mean 'theta0'"),

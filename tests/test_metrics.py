@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from unprune_jax import masks as masks_lib
-from unprune_jax.metrics import (filter_metrics, js_divergence, kl_divergence, mask_metrics,
-                                 mean_js, noise_floor, weight_distance)
+from unprune_jax.metrics import (
+    filter_metrics,
+    js_divergence,
+    kl_divergence,
+    mask_metrics,
+    mean_js,
+    noise_floor,
+    weight_distance,
+)
 
 approx = pytest.approx
 

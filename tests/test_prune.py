@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import flax.linen as nn
 import jax
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 
 from unprune_jax import masks, optim, prune
 from unprune_jax.data import synthetic_dataset
+from unprune_jax.losses import cross_entropy
 from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.train import TrainConfig, TrainState, fit, make_train_step
-from unprune_jax.losses import cross_entropy
 
 CFG = TrainConfig(epochs=2, batch_size=32, lr=0.05)
 
@@ -75,9 +76,9 @@ def test_rewinding_restores_the_recorded_weights_bit_exactly(cnn, rewind_epoch):
         step = make_train_step(apply_fn, tx, cross_entropy)
         expected = fit(init, step, ds, np.arange(128), dataclasses.replace(CFG, epochs=1),
                        progress=False)[0].params
-    for p, e, m in zip(jax.tree.leaves(res.sparse.params), jax.tree.leaves(expected),
-                       jax.tree.leaves(res.sparse.mask)):
-        np.testing.assert_array_equal(p, np.where(m, e, 0))
+    chex.assert_trees_all_equal(res.sparse.params,
+                                jax.tree.map(lambda e, m: np.where(m, e, 0), expected,
+                                             res.sparse.mask))
 
 
 def test_rewind_after_training_is_rejected(cnn):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +48,7 @@ def setup(model_name="small_cnn", loss=losses.cross_entropy):
 
 
 def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
 def test_stack_unstack_round_trip_and_shape_errors():
@@ -315,7 +315,7 @@ def test_sharded_over_8_simulated_devices_equals_unsharded():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.split("RESULT")[-1])
-    for name, (d, k, ndev) in out.items():
+    for name, (d, k, _) in out.items():
         assert d < 1e-5, (name, d)
         assert k == (1 if name == "data8" else K)
     # the K runs really were laid over several devices, K=3 padded to the runs axis

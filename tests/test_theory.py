@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from unprune_jax import masks
+from unprune_jax import linalg, masks
 from unprune_jax.metrics import theory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_hvp_equals_the_dense_hessian_times_v_on_a_tiny_mlp():
         h, flat, unravel = dense_hessian(loss, params)
         assert flat.size == 123
         v = np.random.default_rng(1).normal(size=flat.shape)
-        got = ravel_pytree(jax.jit(lambda p, u: theory.hvp(loss, p, u))(params, unravel(v)))[0]
+        got = ravel_pytree(jax.jit(lambda p, u: linalg.hvp(loss, p, u))(params, unravel(v)))[0]
         np.testing.assert_allclose(got, h @ v, rtol=1e-10, atol=1e-12)
 
 
@@ -84,7 +84,7 @@ def test_masked_hvp_is_the_principal_submatrix_and_ignores_pruned_entries():
         v = np.random.default_rng(2).normal(size=flat.shape)
         # junk in the pruned entries of params must not matter: the loss sees M ⊙ θ
         junk = jax.tree.map(lambda p, m: jnp.where(m, p, 7.0), params, mask)
-        got = np.asarray(ravel_pytree(theory.masked_hvp(loss, junk, mask, unravel(v)))[0])
+        got = np.asarray(ravel_pytree(linalg.masked_hvp(loss, junk, mask, unravel(v)))[0])
         assert np.all(got[~keep] == 0.0)
         np.testing.assert_allclose(got[keep], h[np.ix_(keep, keep)] @ v[keep], rtol=1e-10,
                                    atol=1e-12)
@@ -122,7 +122,7 @@ def test_power_iteration_is_largest_magnitude_and_a_shift_gives_the_algebraic_to
                                           shift=6.0)
         assert abs(float(lam) - 3.0) < 1e-8
         # the generic solver with a fixed number of steps (tol = 0)
-        lam, _ = theory.power_iteration(lambda u: jnp.asarray(a) @ u, jnp.ones(4), iters=3)
+        lam, _ = linalg.power_iteration(lambda u: jnp.asarray(a) @ u, jnp.ones(4), iters=3)
         assert not abs(float(lam) + 5.0) < 1e-8  # three steps are not enough: it really iterates
 
 
@@ -200,7 +200,7 @@ def test_lanczos_with_full_steps_gives_every_eigenvalue():
     with jax.enable_x64(True):
         eigs = np.array([5.0, 3.0, 2.0, -1.0, 0.5, 0.25, -4.0, 1.5])
         a = jnp.asarray(sym(eigs, 4))
-        ritz, info = theory.lanczos(lambda v: a @ v, jnp.ones(8), 8)
+        ritz, info = linalg.lanczos(lambda v: a @ v, jnp.ones(8), 8)
         np.testing.assert_allclose(np.asarray(ritz), np.sort(eigs)[::-1], atol=1e-10)
         assert info["alpha"].shape == (8,) and info["beta"].shape == (7,)
 
@@ -212,7 +212,7 @@ def test_lanczos_restarts_after_finding_an_invariant_subspace():
         a = jnp.asarray((q * eigs) @ q.T)
         v0 = jnp.asarray(q[:, 0] + q[:, 1])  # spans only the eigenvectors of 6 and 2
         restarts = jax.random.normal(jax.random.PRNGKey(0), (4, 4), jnp.float64)
-        ritz, info = theory.lanczos(lambda v: a @ v, v0, 4, restarts)
+        ritz, info = linalg.lanczos(lambda v: a @ v, v0, 4, restarts)
         assert float(info["beta"][1]) == 0.0  # breakdown after two steps
         np.testing.assert_allclose(np.asarray(ritz), [6.0, 2.0, 1.0, -3.0], atol=1e-10)
 
@@ -327,7 +327,8 @@ def test_unrolled_sgd_is_exact_on_linear_regression():
         grad0 = [h @ (w0 * keep) - x.T @ y / batch for h, x, y in zip(hs, xs, ys)]
 
         def thudi(idx):
-            """w_t − w_0 by the expansion: −ηΣ Pg_i(w_0) + Σ f(i), f(i) = −ηPH_i[acc + Σ_{j<i}f(j)]."""
+            """w_t − w_0 by the expansion: −ηΣ Pg_i(w_0) + Σ f(i),
+            f(i) = −ηPH_i[acc + Σ_{j<i}f(j)]."""
             acc, fsum = np.zeros(d), np.zeros(d)
             for i in idx:
                 f = -eta * p @ hs[i] @ (acc + fsum)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from unprune_jax import masks, optim, unlearn
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainConfig, TrainState, make_train_step
+from unprune_jax.train import TrainState, make_train_step
 from unprune_jax.unlearn import penalised, relabel
 
 
@@ -156,8 +157,7 @@ def test_every_method_keeps_pruned_weights_zero(cnn, name):
     assert "history" in metrics
     for p, m in zip(jax.tree.leaves(out.params), jax.tree.leaves(out.mask)):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
-    for a, b in zip(jax.tree.leaves(out.mask), jax.tree.leaves(state.mask)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(out.mask, state.mask)
 
 
 def test_frozen_entries_keep_value_and_momentum_exactly(lin):

@@ -1,4 +1,5 @@
-"""Influence unlearning (HVP, CG, LiSSA, the masked Newton step) and Boundary Shrink."""
+"""Influence unlearning (the masked Newton step) and Boundary Shrink; its algebra (HVP, CG, LiSSA)
+is tested in test_linalg.py."""
 
 import dataclasses
 
@@ -12,8 +13,7 @@ from unprune_jax import masks, optim
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, make_apply_fn
 from unprune_jax.train import DivergenceError, TrainState
-from unprune_jax.unlearn import base
-from unprune_jax.unlearn import boundary, iu  # registers IU and BS
+from unprune_jax.unlearn import base, boundary
 from unprune_jax.unlearn.boundary import BSConfig
 from unprune_jax.unlearn.iu import IUConfig
 
@@ -30,90 +30,6 @@ def ce(logits, y):
 def softmax(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def spd(d, seed, lo=0.5, hi=3.0):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    return (q * rng.uniform(lo, hi, d)) @ q.T
-
-
-# --- (a) HVP against the dense Hessian ------------------------------------------------------------
-
-
-def test_hvp_matches_dense_hessian_on_a_tiny_network():
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 2, 7), jnp.int32)
-    params = {"w1": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-              "b1": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
-              "w2": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)}
-    loss = lambda p: ce(jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"], y)
-    flat, unravel = ravel_pytree(params)
-    h = jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat)
-    v = jnp.asarray(rng.normal(size=flat.shape), jnp.float32)
-    got = ravel_pytree(jax.jit(lambda p, u: iu.hvp(loss, p, u))(params, unravel(v)))[0]
-    np.testing.assert_allclose(got, h @ v, rtol=1e-4, atol=1e-5)
-
-
-def test_ggn_equals_hessian_for_a_linear_model_and_is_psd():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 3, 9), jnp.int32)
-    params = {"fc": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-                     "bias": jnp.zeros(3, jnp.float32)}}
-    model = lambda p: linear_apply(p, {}, x, False)[0]
-    v = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
-    gv = jax.jit(lambda p, u: iu.ggn_vp(model, lambda z: ce(z, y), p, u))(params, v)
-    hv = jax.jit(lambda p, u: iu.hvp(lambda q: ce(model(q), y), p, u))(params, v)
-    np.testing.assert_allclose(ravel_pytree(gv)[0], ravel_pytree(hv)[0], rtol=1e-4, atol=1e-6)
-    assert float(iu.tree_vdot(v, gv)) >= 0
-
-
-# --- (b) the solvers on a known SPD system --------------------------------------------------------
-
-
-@pytest.mark.parametrize("solver", ["cg", "lissa"])
-def test_solvers_match_numpy_on_a_damped_spd_system(solver):
-    d, lam = 8, 0.1
-    a = spd(d, 0)
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=d)
-    want = np.linalg.solve(a + lam * np.eye(d), g)
-    # a pytree right-hand side: the solvers work leaf-wise
-    split = lambda v: {"u": v[:3], "w": v[3:].reshape(5, 1)}
-    join = lambda t: np.concatenate([np.ravel(t["u"]), np.ravel(t["w"])])
-    a32 = jnp.asarray(a, jnp.float32)
-
-    def matvec(t):
-        v = jnp.concatenate([t["u"], t["w"].ravel()])
-        return split(a32 @ v + lam * v)
-
-    b = split(jnp.asarray(g, jnp.float32))
-    if solver == "cg":
-        x, info = jax.jit(lambda b: iu.cg_solve(matvec, b, iters=50, tol=1e-6))(b)
-        assert int(info["iterations"]) <= d + 2 and not bool(info["negative_curvature"])
-    else:
-        x, info = iu.lissa_solve(matvec, b, depth=2000, scale=3.5, tol=1e-6)
-    np.testing.assert_allclose(join(x), want, rtol=1e-4, atol=1e-5)
-    assert float(info["residual"]) < 1e-4
-
-
-def test_cg_stops_on_negative_curvature_and_lissa_diverges_visibly():
-    a = jnp.asarray(np.diag([1.0, -2.0, 3.0]), jnp.float32)
-    b = jnp.ones(3, jnp.float32)
-    x, info = iu.cg_solve(lambda v: a @ v, b, iters=10)
-    assert bool(info["negative_curvature"])
-    assert np.all(np.isfinite(np.asarray(x)))
-    _, info = iu.lissa_solve(lambda v: a @ v, b, depth=50, scale=3.0)
-    assert not float(info["residual"]) < 1.0
-
-
-def test_power_iteration_finds_the_top_eigenvalue():
-    a = spd(6, 3, lo=0.1, hi=1.0)  # eigenvalues in [0.1, 1]
-    top = np.linalg.eigvalsh(a).max()
-    lam, _ = iu.power_iteration(lambda v: jnp.asarray(a, jnp.float32) @ v, jnp.ones(6), 200)
-    assert abs(float(lam) - top) < 1e-3 * top
 
 
 # --- logistic regression: the IU step against numpy and against retraining ------------------------
@@ -223,29 +139,6 @@ def test_masked_iu_step_equals_the_numpy_solve_on_kept_coordinates():
     assert np.all(got[~keep] == 0.0) and np.all(flat(out.params)[~keep] == 0.0)
     np.testing.assert_allclose(got, delta, rtol=2e-3, atol=1e-6)
     assert np.abs(delta[keep]).min() > 0
-
-
-# --- (c) the masked HVP ---------------------------------------------------------------------------
-
-
-def test_masked_hvp_is_the_dense_hessian_restricted_to_kept_coordinates():
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.normal(size=(10, 3)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 3, 10), jnp.int32)
-    params = {"w1": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
-              "w2": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
-    mask = {"w1": jnp.asarray(rng.random((3, 5)) < 0.5),
-            "w2": jnp.asarray(rng.random((5, 3)) < 0.7)}
-    params = masks.apply_mask(params, mask)
-    loss = lambda p: ce(jnp.tanh(x @ p["w1"]) @ p["w2"], y)
-    fp, unravel = ravel_pytree(params)
-    keep = np.asarray(ravel_pytree(mask)[0])
-    h = np.asarray(jax.jit(jax.hessian(lambda f: loss(unravel(f))))(fp))
-    v = rng.normal(size=fp.shape).astype(np.float32)  # non-zero at pruned coordinates too
-    mhvp = jax.jit(lambda p, m, u: iu.masked_hvp(loss, p, m, u))
-    got = np.asarray(ravel_pytree(mhvp(params, mask, unravel(jnp.asarray(v))))[0])
-    assert np.all(got[~keep] == 0.0)
-    np.testing.assert_allclose(got[keep], h[np.ix_(keep, keep)] @ v[keep], rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,19 @@ from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.train import DivergenceError, TrainConfig, TrainState, make_train_step, predict
 from unprune_jax.unlearn.base import REGISTRY, UnlearnTask, run
 from unprune_jax.unlearn.scrub import (
-    SCRUBConfig, kd_divergence, scrub, scrub_max_loss, scrub_min_loss,
+    SCRUBConfig,
+    kd_divergence,
+    scrub,
+    scrub_max_loss,
+    scrub_min_loss,
 )
 from unprune_jax.unlearn.sfron import (
-    SFRonConfig, adaptive_weights, cosine_factor, saliency_mask, sfron, sfron_forget_loss,
+    SFRonConfig,
+    adaptive_weights,
+    cosine_factor,
+    saliency_mask,
+    sfron,
+    sfron_forget_loss,
 )
 
 
@@ -329,10 +338,10 @@ def test_sfron_raises_on_divergence_with_the_last_good_state():
 
 
 def test_registry_entries_and_plain_train_config():
-    assert isinstance(REGISTRY["SCRUB"].defaults, SCRUBConfig)
-    assert isinstance(REGISTRY["SFR-on"].defaults, SFRonConfig)
-    assert REGISTRY["SCRUB"].defaults.lr == 5e-4 and REGISTRY["SCRUB"].defaults.epochs == 3
-    assert REGISTRY["SFR-on"].defaults.ema_beta == 1.0
+    assert isinstance(REGISTRY.get("SCRUB").defaults, SCRUBConfig)
+    assert isinstance(REGISTRY.get("SFR-on").defaults, SFRonConfig)
+    assert REGISTRY.get("SCRUB").defaults.lr == 5e-4 and REGISTRY.get("SCRUB").defaults.epochs == 3
+    assert REGISTRY.get("SFR-on").defaults.ema_beta == 1.0
     ds, task, state, _ = linear_task()
     _, m = run("SCRUB", state, task, TrainConfig(epochs=1, batch_size=16, lr=0.01))
     assert [h["phase"] for h in m["history"]] == ["max", "min"]  # SCRUB's msteps default

@@ -2,16 +2,17 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unprune_jax import losses, masks, optim, prune, unlearn
+from unprune_jax import masks, optim, prune, unlearn
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainConfig, TrainState, make_train_step
-from unprune_jax.unprune import UnpruneConfig, unprune
+from unprune_jax.train import TrainConfig, TrainState
+from unprune_jax.unprune import REGROW_SCORES, UnpruneConfig, regrow_scores, unprune
 
 PCFG = prune.PruneConfig(density=0.2)
 
@@ -43,11 +44,11 @@ def identity_method():
         lambda state, task, cfg: (state, {"history": []})
     )
     yield
-    del unlearn.REGISTRY["_identity_for_tests"]
+    unlearn.REGISTRY.unregister("_identity_for_tests")
 
 
 def flat(tree, flags):
-    return np.concatenate([np.ravel(np.asarray(l)) for l, f in
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf, f in
                            zip(jax.tree.leaves(tree), jax.tree.leaves(flags)) if f])
 
 
@@ -120,6 +121,30 @@ def test_bad_unprune_options_are_named(bad):
         UnpruneConfig(**bad)
 
 
+def test_unknown_unprune_options_list_the_registered_ones_and_suggest_the_closest():
+    with pytest.raises(ValueError, match=r"unknown unprune.regrow_score 'gradiant'; known: "
+                       r"\['dense', 'gradient', 'random', 'theta0'\]\. Did you mean 'gradient'"):
+        UnpruneConfig(regrow_score="gradiant")
+    with pytest.raises(ValueError, match=r"unknown unprune.reinit 'theta_0'.*'theta0'"):
+        UnpruneConfig(reinit="theta_0")
+    with pytest.raises(ValueError, match=r"unknown unprune.reprune_score 'magnitud'.*'magnitude'"):
+        UnpruneConfig(reprune_score="magnitud")
+
+
+def test_a_new_regrow_score_is_one_registration(setup):
+    s = setup
+    REGROW_SCORES.register("_ones_for_tests", "every entry scores 1",
+                           lambda cfg, task, state, dense: jax.tree.map(jnp.ones_like, dense))
+    try:
+        cfg = UnpruneConfig(regrow_score="_ones_for_tests")  # validates
+        got = regrow_scores(cfg, s["task"], s["state"], s["dense"])
+        chex.assert_trees_all_equal(got, jax.tree.map(jnp.ones_like, s["dense"]))
+    finally:
+        REGROW_SCORES.unregister("_ones_for_tests")
+    with pytest.raises(ValueError, match="unknown unprune.regrow_score '_ones_for_tests'"):
+        UnpruneConfig(regrow_score="_ones_for_tests")
+
+
 def test_unknown_method_suggests_the_closest():
     with pytest.raises(ValueError, match="Did you mean 'FT'"):
         unlearn.get("ft")
@@ -134,8 +159,7 @@ def test_gold_order_on_the_full_set_reproduces_the_original_pipeline(setup):
     run = lambda pcfg, **kw: prune.run(s["init"], t.apply_fn, t.tx, s["ds"], train, cfg, pcfg,
                                        s["flags"], progress=False, **kw)
     a, b = run(PCFG), run(PCFG, order_pool=train)
-    for x, y in zip(jax.tree.leaves(a.sparse), jax.tree.leaves(b.sparse)):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal(a.sparse, b.sparse)
     assert masks.density(a.sparse.mask, s["flags"]) == pytest.approx(0.2, abs=1e-3)
     rewound = run(dataclasses.replace(PCFG, rewind_epoch=1))
     assert rewound.history["sparse"][0]["epoch"] == 2  # learning-rate schedule rewound to epoch 1
@@ -171,7 +195,7 @@ def capture_method():
         lambda state, task, cfg: (seen.append(state) or state, {"history": []})
     )
     yield seen
-    del unlearn.REGISTRY["_capture_for_tests"]
+    unlearn.REGISTRY.unregister("_capture_for_tests")
 
 
 def revived_entries(setup, cfg, seen):
@@ -200,7 +224,6 @@ def test_each_regrow_score_revives_its_top_entries_at_theta0(setup, capture_meth
     elif regrow == "theta0":
         score = np.abs(flat(s["init"].params, s["flags"]))
     else:
-        from unprune_jax.unprune import regrow_scores
         score = flat(regrow_scores(cfg, s["task"], s["state"], s["dense"]), s["flags"])
     np.testing.assert_array_equal(revived, top_pruned(score, mask, round(0.25 * (~mask).sum())))
     # before unlearning, revived entries hold θ_0 bit-exactly and the rest is untouched
@@ -211,15 +234,14 @@ def test_each_regrow_score_revives_its_top_entries_at_theta0(setup, capture_meth
 
 def test_gradient_regrow_score_is_snip_on_retained_data(setup):
     from unprune_jax import scores
-    from unprune_jax.unprune import regrow_scores, retained_batch
+    from unprune_jax.unprune import retained_batch
     s = setup
     cfg = UnpruneConfig(regrow_score="gradient", gradient_examples=50, seed=3)
     x, y = retained_batch(s["task"], cfg)
     assert len(x) == 50 and np.isin(y, s["ds"].y).all()
     got = regrow_scores(cfg, s["task"], s["state"], s["dense"])
     ref = scores.snip(s["dense"], s["state"].model_state, s["task"].apply_fn, x, y)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(got, ref)
 
 
 def test_random_regrow_is_seeded_and_exact(setup, capture_method):
@@ -251,5 +273,4 @@ def test_gradient_reprune_keeps_the_top_retained_gradient_scores(setup):
     x, y = retained_batch(s["task"], cfg)
     sc = scores.snip(mid.params, mid.model_state, s["task"].apply_fn, x, y, mask=mid.mask)
     ref = masks.topk_mask(sc, 0.2, s["flags"])
-    for a, b in zip(jax.tree.leaves(out.mask), jax.tree.leaves(ref)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(out.mask, ref)

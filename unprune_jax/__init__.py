@@ -6,8 +6,8 @@ The core is pure functions over pytrees: parameters, boolean masks and :class:`T
 from . import checkpoint, data, losses, masks, metrics, models, optim, prune, scores, unlearn
 from .data import Dataset, Split, load_dataset, make_split
 from .masks import apply_mask, density, prunable_leaves, regrow_mask, topk_mask
-from .train import DivergenceError, TrainConfig, TrainState, accuracy, fit, make_train_step
 from .prune import PruneConfig, PruneResult
+from .train import DivergenceError, TrainConfig, TrainState, accuracy, fit, make_train_step
 from .unlearn import UnlearnTask
 from .unprune import UnpruneConfig, gold_standard, unprune
 

@@ -18,18 +18,25 @@ import shutil
 import sys
 from pathlib import Path
 
-from .registry import closest_name, unknown_name_error
+from .models import MODELS
+from .prune import PRUNERS
+from .registry import Registry, closest_name, unknown_name_error
+from .runs import STRATEGIES
+from .scores import SCORES
+from .unlearn import REGISTRY as UNLEARNERS
+from .unprune import REGROW_SCORES, REINITS, REPRUNE_SCORES
 
-#: How ``sweep`` runs its K experiments (``runs.STRATEGIES``, passed to ``sweep.run_sweep``).
-STRATEGIES = {
-    "auto": "time each strategy on the real shapes once; never pick one slower than the loop",
-    "vmap": "jit(vmap(step)): one dispatch, K-wide kernels",
-    "map": "jit(lax.map(step)): one dispatch, the K runs sequential inside the program",
-    "loop": "a Python loop of the single-run jitted step (the baseline)",
-    "shard": "vmap with the K axis laid over the 'runs' axis of a device mesh",
+#: What ``unprune-jax list`` prints: category → its registries (one per setting for the
+#: un-pruning options).
+LISTED: dict[str, tuple[Registry, ...]] = {
+    "pruners": (PRUNERS,),
+    "scores": (SCORES,),
+    "unlearners": (UNLEARNERS,),
+    "models": (MODELS,),
+    "unprune_options": (REGROW_SCORES, REINITS, REPRUNE_SCORES),
+    "strategies": (STRATEGIES,),
 }
-
-LIST_CATEGORIES = ("pruners", "scores", "unlearners", "models", "datasets")
+LIST_CATEGORIES = (*LISTED, "datasets")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,28 +151,22 @@ def _cmd_prepare(args) -> int:
 
 
 def list_entries(category: str) -> dict[str, str]:
-    """``{name: one-line description}`` of everything in ``category`` (see ``LIST_CATEGORIES``)."""
-    if category == "pruners":
-        from .prune import PRUNERS
+    """``{name: one-line description}`` of everything in ``category`` (see ``LIST_CATEGORIES``).
 
-        return {name: desc for name, (_, desc) in PRUNERS.items()}
-    if category == "scores":
-        from .scores import SCORES
-
-        return {name: desc for name, (_, desc) in SCORES.items()}
-    if category == "unlearners":
-        from .unlearn import REGISTRY
-
-        return {name: entry.description for name, entry in REGISTRY.items()}
-    if category == "models":
-        from .models import MODELS
-
-        return {name: desc for name, (_, desc) in MODELS.items()}
+    A category of several registries (``unprune_options``) names each entry as its config
+    setting, ``regrow_score=dense``.
+    """
     if category == "datasets":
         from .data import DATASETS
 
         return DATASETS.describe()
-    raise unknown_name_error("list category", category, LIST_CATEGORIES)
+    if category not in LISTED:
+        raise unknown_name_error("list category", category, LIST_CATEGORIES)
+    registries = LISTED[category]
+    if len(registries) == 1:
+        return registries[0].describe()
+    return {f"{reg.kind.rpartition('.')[2]}={name}": description
+            for reg in registries for name, description in reg.describe().items()}
 
 
 def _cmd_list(args) -> int:
@@ -205,9 +206,10 @@ def _number_list(kind, check):
 
 
 def _strategy(text: str) -> str:
-    if text not in STRATEGIES:
-        raise argparse.ArgumentTypeError(str(unknown_name_error("strategy", text, STRATEGIES)))
-    return text
+    try:
+        return STRATEGIES.check(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _category(text: str) -> str:
@@ -265,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K forget-set sizes and/or seeds as one batched run",
         description="Runs the pipeline for every forget fraction × seed, batched as --strategy "
         "says (sweep.run_sweep). Strategies:\n" + "\n".join(
-            f"  {k:<6} {v}" for k, v in STRATEGIES.items()),
+            f"  {k:<6} {v}" for k, v in STRATEGIES.describe().items()),
         epilog="example:\n"
                "  unprune-jax sweep -c experiments/demo.toml -r runs/sweep \\\n"
                "      --forget-fractions 0.01,0.05,0.1 --seeds 0,1,2 --strategy auto",
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split seeds (data.seed: which examples are held out and which are "
                    "forgotten), e.g. 0,1,2; with --forget-fractions, every combination")
     s.add_argument("--strategy", default="auto", type=_strategy, metavar="STRATEGY",
-                   help=f"one of {', '.join(STRATEGIES)} (default auto)")
+                   help="one of the strategies above (default auto)")
     s.set_defaults(func=_cmd_sweep)
 
     rep = sub.add_parser(
@@ -300,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser(
         "list",
-        help="list pruners, scores, unlearning methods, models and datasets",
+        help="list pruners, scores, unlearning methods, models, datasets, un-pruning options and "
+        "K-run strategies",
         description="Names you can use in a config, each with a one-line description. "
         f"Categories: {', '.join(LIST_CATEGORIES)} (default: all).",
         epilog="example:\n  unprune-jax list unlearners models",

@@ -25,7 +25,7 @@ def _sgd(learning_rate, momentum, weight_decay):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sgd(learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
     """SGD with momentum and weight decay, hyperparameters injectable (see :func:`set_hyperparams`).
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +33,10 @@ import numpy as np
 from . import losses as losses_lib
 from . import masks as masks_lib
 from . import scores as scores_lib
-from .checks import check_numbers
-from .registry import closest_name, unknown_name_error
-from .data import Dataset
 from . import runs
+from .checks import check_numbers
+from .data import Dataset
+from .registry import Registry, closest_name
 from .train import DivergenceError, Trainer, TrainConfig, TrainState, make_train_step, single_run
 
 
@@ -90,8 +90,7 @@ class PruneConfig:
         check_numbers(self, "prune", fraction=("density",),
                       nonnegative=("rewind_epoch", "retrain_epochs", "seed"),
                       at_least_one=("rounds", "synflow_iterations", "snip_batch"))
-        if self.method not in PRUNERS:
-            raise unknown_name_error("pruner", self.method, PRUNERS)
+        PRUNERS.check(self.method)
         checks = {
             "scope": (self.scope, ("global", "per_layer")),
             "granularity": (self.granularity, masks_lib.GRANULARITIES),
@@ -355,14 +354,16 @@ def _sfp(r: _Run) -> PruneResult:
                                                   zero_bn=cfg.sfp_zero_bn))
 
 
-PRUNERS: dict[str, tuple[Callable[[_Run], PruneResult], str]] = {
-    "omp": (_omp, "one-shot magnitude pruning after training, rewind, sparse retraining"),
-    "imp": (_imp, "iterative magnitude pruning: R rounds of train, prune, rewind"),
-    "synflow": (_synflow, "SynFlow at initialisation (data-free, iterative), then training"),
-    "snip": (_snip, "SNIP at initialisation on a training batch, then training"),
-    "random": (_random, "random mask at initialisation, then training (control)"),
-    "sfp": (_sfp, "soft filter pruning: zero the lowest-L2 filters after every epoch"),
-}
+#: Every pruner by name: ``PRUNERS.get(name)(run) -> PruneResult`` (``unprune-jax list pruners``).
+PRUNERS: Registry[Callable[[_Run], PruneResult]] = Registry("pruner")
+PRUNERS.register("omp", "one-shot magnitude pruning after training, rewind, sparse retraining",
+                 _omp)
+PRUNERS.register("imp", "iterative magnitude pruning: R rounds of train, prune, rewind", _imp)
+PRUNERS.register("synflow", "SynFlow at initialisation (data-free, iterative), then training",
+                 _synflow)
+PRUNERS.register("snip", "SNIP at initialisation on a training batch, then training", _snip)
+PRUNERS.register("random", "random mask at initialisation, then training (control)", _random)
+PRUNERS.register("sfp", "soft filter pruning: zero the lowest-L2 filters after every epoch", _sfp)
 
 
 def run_many(
@@ -411,7 +412,7 @@ def run_many(
     r = _Run(inits, apply_fn, tx, dataset, subsets, train_cfgs, cfgs,
              prunable_for(cfgs[0], prunable, params0), order_pool, desc,
              Trainer() if trainer is None else trainer)
-    return PRUNERS[cfgs[0].method][0](r)
+    return PRUNERS.get(cfgs[0].method)(r)
 
 
 def run(

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -93,6 +94,17 @@ class Registry(Generic[T]):
             return v
 
         return add if value is None else add(value)
+
+    def unregister(self, name: str) -> T:
+        """Removes ``name`` and returns its value (for tests and examples that register a
+        temporary entry and leave the table as they found it).
+
+        Raises:
+            ValueError: unknown ``name``, as :meth:`get`.
+        """
+        value = self.get(name)
+        del self._entries[name]
+        return value
 
     def get(self, name: str) -> T:
         """The value registered under ``name``.

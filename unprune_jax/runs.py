@@ -42,17 +42,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import optim
-from .registry import unknown_name_error
+from .registry import Registry
 
 PyTree = Any
 StepFn = Callable[..., tuple[Any, dict]]
 
-STRATEGIES = ("auto", "vmap", "map", "loop", "shard")
-_CONCRETE = ("vmap", "map", "loop", "shard")
-
-
-def unknown_strategy(name) -> ValueError:
-    return unknown_name_error("strategy", name, STRATEGIES)
+#: How K runs execute (``fit_many(strategy=...)``, ``unprune-jax sweep --strategy``); each entry's
+#: value is its name, which :func:`make_k_step` and :func:`fit_many` branch on.
+STRATEGIES: Registry[str] = Registry("strategy")
+STRATEGIES.register("auto", "time each strategy on the real shapes once; never pick one slower "
+                    "than the loop", "auto")
+STRATEGIES.register("vmap", "jit(vmap(step)): one dispatch, K-wide kernels", "vmap")
+STRATEGIES.register("map", "jit(lax.map(step)): one dispatch, the K runs sequential inside the "
+                    "program", "map")
+STRATEGIES.register("loop", "a Python loop of the single-run jitted step (the baseline)", "loop")
+STRATEGIES.register("shard", "vmap with the K axis laid over the 'runs' axis of a device mesh",
+                    "shard")
+_CONCRETE = tuple(name for name in STRATEGIES if name != "auto")
 
 
 # --- stacking -------------------------------------------------------------------------------------
@@ -483,8 +489,7 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: 
         RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
             than ``memory_limit_bytes``; the message says how many are needed and available.
     """
-    if strategy not in STRATEGIES:
-        raise unknown_strategy(strategy)
+    STRATEGIES.check(strategy)
     _check_map_batch_size(map_batch_size)
     extra = {} if extra is None else extra
     limit = memory_limit_bytes

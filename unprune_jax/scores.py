@@ -7,14 +7,14 @@ are computed on, so the retained data can drive them (for un-pruning and the gol
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from . import losses as losses_lib
 from . import masks as masks_lib
-from .registry import unknown_name_error
+from .registry import Registry
 
 
 def magnitude(params):
@@ -108,18 +108,16 @@ def filter_l2(params):
     return jax.tree.map(norm, params)
 
 
-SCORES: dict[str, tuple[Callable, str]] = {
-    "magnitude": (magnitude, "|θ|, the weight magnitude (lowest-magnitude pruning, LWM)"),
-    "random": (random, "uniform random (control)"),
-    "snip": (snip, "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)"),
-    "synflow": (synflow, "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free"),
-    "filter_l2": (filter_l2, "L2 norm of each output filter / neuron"),
-    "saliency": (saliency, "|∇L| on the forget data (SalUn)"),
-}
+#: Every score by name (``unprune-jax list scores``); :func:`get` looks one up.
+SCORES: Registry[Callable] = Registry("score")
+SCORES.register("magnitude", "|θ|, the weight magnitude (lowest-magnitude pruning, LWM)", magnitude)
+SCORES.register("random", "uniform random (control)", random)
+SCORES.register("snip", "|θ ⊙ ∇L| on a batch (grad_only: |∇L|)", snip)
+SCORES.register("synflow", "|θ ⊙ ∂R/∂θ|, R = Σ f_|θ|(1), data-free", synflow)
+SCORES.register("filter_l2", "L2 norm of each output filter / neuron", filter_l2)
+SCORES.register("saliency", "|∇L| on the forget data (SalUn)", saliency)
 
 
 def get(name: str) -> Callable:
     """The score function registered as ``name``; unknown names get the closest valid one."""
-    if name not in SCORES:
-        raise unknown_name_error("score", name, SCORES)
-    return SCORES[name][0]
+    return SCORES.get(name)

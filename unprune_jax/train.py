@@ -339,8 +339,7 @@ class Trainer:
     calibrations: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.strategy not in runs.STRATEGIES:
-            raise runs.unknown_strategy(self.strategy)
+        runs.STRATEGIES.check(self.strategy)
 
     # -- front ends ------------------------------------------------------------------------------
 

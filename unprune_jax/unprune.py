@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +31,11 @@ import numpy as np
 from . import masks as masks_lib
 from . import runs
 from .checks import check_numbers
-from .registry import closest_name
 from . import prune as prune_lib
 from . import scores as scores_lib
 from . import unlearn as unlearn_lib
+from .registry import Registry
 from .train import TrainConfig, TrainState
-
-
-REGROW_SCORES = ("dense", "theta0", "gradient", "random")
-REPRUNE_SCORES = ("magnitude", "gradient")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +77,9 @@ class UnpruneConfig:
     def __post_init__(self):
         check_numbers(self, "unprune", fraction=("fraction",), nonnegative=("seed",),
                       at_least_one=("rounds", "gradient_examples"))
-        for name, valid in (("regrow_score", REGROW_SCORES), ("reinit", ("theta0", "random")),
-                            ("reprune_score", REPRUNE_SCORES)):
-            if getattr(self, name) not in valid:
-                close = closest_name(str(getattr(self, name)), valid)
-                hint = f" Did you mean {close!r}?" if close else ""
-                raise ValueError(f"unprune.{name} must be one of {list(valid)}, got "
-                                 f"{getattr(self, name)!r}.{hint}")
+        REGROW_SCORES.check(self.regrow_score)
+        REINITS.check(self.reinit)
+        REPRUNE_SCORES.check(self.reprune_score)
 
 
 def retained_batch(task, cfg: UnpruneConfig):
@@ -97,24 +90,64 @@ def retained_batch(task, cfg: UnpruneConfig):
     return task.dataset.x[idx], task.dataset.y[idx]
 
 
-def regrow_scores(cfg: UnpruneConfig, task, state: TrainState, dense_params):
-    """The regrow score pytree of ``cfg.regrow_score`` (higher = revive first)."""
-    if cfg.regrow_score == "dense":
-        return scores_lib.magnitude(dense_params)
-    if cfg.regrow_score == "theta0":
-        return scores_lib.magnitude(task.init.params)
-    if cfg.regrow_score == "random":
-        return scores_lib.random(dense_params, jax.random.PRNGKey(cfg.seed))
+#: Regrow scores (``unprune.regrow_score``): ``fn(cfg, task, state, dense_params) -> score
+#: pytree``, higher = revive first.
+REGROW_SCORES: Registry[Callable] = Registry("unprune.regrow_score")
+REGROW_SCORES.register("dense", "|θ| of the stored dense weights the original pruner scored "
+                       "(default)", lambda cfg, task, state, dense: scores_lib.magnitude(dense))
+REGROW_SCORES.register("theta0", "|θ_0|, the magnitudes of the initial weights",
+                       lambda cfg, task, state, dense: scores_lib.magnitude(task.init.params))
+
+
+@REGROW_SCORES.register("gradient", "|θ_dense ⊙ ∇L_Dr(θ_dense)| on gradient_examples retained "
+                        "examples")
+def _regrow_gradient(cfg, task, state, dense_params):
     x, y = retained_batch(task, cfg)
     return scores_lib.snip(dense_params, state.model_state, task.apply_fn, x, y)
 
 
-def reprune_scores(cfg: UnpruneConfig, task, state: TrainState, prune_cfg):
-    """The re-prune score of ``cfg.reprune_score`` at the unlearned weights."""
-    if cfg.reprune_score == "magnitude":
-        return prune_lib.reprune_scores(state.params, prune_cfg)
+REGROW_SCORES.register("random", "uniform random, seeded by unprune.seed (control)",
+                       lambda cfg, task, state, dense: scores_lib.random(
+                           dense, jax.random.PRNGKey(cfg.seed)))
+
+#: Values of revived entries (``unprune.reinit``): ``fn(cfg, task, random_params) -> params`` whose
+#: entries the revived ones take.
+REINITS: Registry[Callable] = Registry("unprune.reinit")
+REINITS.register("theta0", "their initial values θ_0 (default; the paper reports it beats random)",
+                 lambda cfg, task, random_params: task.init.params)
+
+
+@REINITS.register("random", "a fresh draw of the model's initialiser × random_scale")
+def _reinit_random(cfg, task, random_params):
+    if random_params is None:
+        raise ValueError("reinit='random' needs random_params (a fresh draw of the initialiser)")
+    return jax.tree.map(lambda p: p * cfg.random_scale, random_params)
+
+
+#: Re-prune scores (``unprune.reprune_score``): ``fn(cfg, task, state, prune_cfg) -> score
+#: pytree`` at the unlearned weights, higher = keep.
+REPRUNE_SCORES: Registry[Callable] = Registry("unprune.reprune_score")
+REPRUNE_SCORES.register("magnitude", "|θ| (filter L2 norm for structured masks), as the original "
+                        "pruner (default)",
+                        lambda cfg, task, state, prune_cfg: prune_lib.reprune_scores(state.params,
+                                                                                    prune_cfg))
+
+
+@REPRUNE_SCORES.register("gradient", "|θ ⊙ ∇L_Dr(θ)| at the unlearned weights on "
+                         "gradient_examples retained examples")
+def _reprune_gradient(cfg, task, state, prune_cfg):
     x, y = retained_batch(task, cfg)
     return scores_lib.snip(state.params, state.model_state, task.apply_fn, x, y, mask=state.mask)
+
+
+def regrow_scores(cfg: UnpruneConfig, task, state: TrainState, dense_params):
+    """The regrow score pytree of ``cfg.regrow_score`` (higher = revive first)."""
+    return REGROW_SCORES.get(cfg.regrow_score)(cfg, task, state, dense_params)
+
+
+def reprune_scores(cfg: UnpruneConfig, task, state: TrainState, prune_cfg):
+    """The re-prune score of ``cfg.reprune_score`` at the unlearned weights."""
+    return REPRUNE_SCORES.get(cfg.reprune_score)(cfg, task, state, prune_cfg)
 
 
 def reinit_revived(params, revived, source):
@@ -157,16 +190,10 @@ def unprune(
         stacked states, ``info['runs']`` holds one such dict per run), ``seconds`` and
         ``method_seconds`` (the part of them spent in the unlearning method).
     """
-    if cfg.reinit == "random" and random_params is None:
-        raise ValueError("reinit='random' needs random_params (a fresh draw of the initialiser)")
     stacked = unlearn_lib.is_stacked(state)
     states = state if stacked else runs.stack([state])
     denses = runs.unstack(dense_params) if stacked else [dense_params]
-    source = (
-        task.init.params
-        if cfg.reinit == "theta0"
-        else jax.tree.map(lambda p: p * cfg.random_scale, random_params)
-    )
+    source = REINITS.get(cfg.reinit)(cfg, task, random_params)
     first = runs.unstack(states)
     scores = [regrow_scores(cfg, task, s, d) for s, d in zip(first, denses)]
     prunable = prune_lib.prunable_for(prune_cfg, prunable, first[0].params)

@@ -1,8 +1,16 @@
 """Evaluation: accuracies (UA/RA/TA), mask similarity and output distances."""
 
 from .accuracy import unlearning_accuracies
-from .masks import (delta_jaccard, filter_metrics, hamming, jaccard, mask_metrics, noise_floor,
-                    similarity, weight_distance)
+from .masks import (
+    delta_jaccard,
+    filter_metrics,
+    hamming,
+    jaccard,
+    mask_metrics,
+    noise_floor,
+    similarity,
+    weight_distance,
+)
 from .outputs import js_divergence, kl_divergence, log_softmax, mean_js
 
 __all__ = [

@@ -28,7 +28,7 @@ mask away from its own side. Reported:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def topology_membership(original_masks: Sequence, gold_masks: Sequence, prunable
                          f"{len(original_masks)} original and {len(gold_masks)} gold masks")
     for m in list(original_masks[1:]) + list(gold_masks):
         check_mask(original_masks[0], m)
-    O = np.stack([_flat(m, prunable) for m in original_masks])
+    O = np.stack([_flat(m, prunable) for m in original_masks])  # noqa: E741  (O, G: original, gold)
     G = np.stack([_flat(m, prunable) for m in gold_masks])
 
     def without(i):

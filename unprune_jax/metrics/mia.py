@@ -28,7 +28,7 @@ Conventions: ``probs`` are ``(N, C)`` rows of a softmax, ``labels`` are ``(N,)``
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import special

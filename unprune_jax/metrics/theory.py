@@ -22,23 +22,27 @@ eigenvalue itself. Thudi et al.'s released code multiplies by the *square root* 
 eigenvalue; ``sigma='sqrt'`` reproduces that. Only the default has the units the expansion gives:
 the second-order term is η·H·(accumulated η·gradients), so e scales with H, not √H.
 
-Everything here is a pure function over pytrees and runs under ``jit`` (the eigen-solvers are one
-``lax.while_loop`` / ``fori_loop``), except :func:`verification_error`, a host-side float64
-metric like the rest of ``metrics``.
+The algebra (Hessian-vector products, power iteration, Lanczos) is :mod:`unprune_jax.linalg`;
+this module applies it to the masked Hessian. Everything here is a pure function over pytrees and
+runs under ``jit``, except :func:`verification_error`, a host-side float64 metric like the rest
+of ``metrics``.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from .. import losses
 from .. import masks as masks_lib
+from ..linalg import lanczos, masked_operator, power_iteration_info
 from .masks import weight_distance
 
 PyTree = Any
@@ -47,148 +51,17 @@ LossFn = Callable[[PyTree], jax.Array]
 SIGMAS = ("eig", "sqrt")
 
 __all__ = [
-    "tree_vdot", "tree_norm", "hvp", "masked_hvp", "masked_operator", "power_iteration",
-    "top_eigenvalue", "lanczos", "lanczos_topk", "loss_on_batch", "unlearning_error_proxy",
+    "top_eigenvalue", "lanczos_topk", "loss_on_batch", "unlearning_error_proxy",
     "verification_error", "unrolled_sgd_check",
 ]
 
 
-# --- pytree vector algebra ------------------------------------------------------------------------
-
-
-def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
-    """Σ over leaves of ⟨a, b⟩ (real): the inner product of two pytrees as flat vectors."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def tree_norm(a: PyTree) -> jax.Array:
-    """‖a‖₂ of a pytree as one flat vector."""
-    return jnp.sqrt(tree_vdot(a, a))
-
-
-def _scale(c, tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda a: c * a, tree)
-
-
-def _axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: alpha * a + b, x, y)
-
-
-# --- Hessian-vector products ----------------------------------------------------------------------
-
-
-def hvp(loss_fn: LossFn, params: PyTree, v: PyTree) -> PyTree:
-    """Hessian-vector product ∇²loss(params)·v, forward-over-reverse (``jvp`` of ``grad``).
-
-    Costs about two gradient evaluations and never forms the Hessian.
-
-    Args:
-        loss_fn: scalar function of a params-shaped pytree.
-        params: the point the Hessian is taken at.
-        v: a pytree shaped like ``params``.
-
-    Returns:
-        H·v, shaped like ``params``.
-    """
-    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
-
-
-def masked_hvp(loss_fn: LossFn, params: PyTree, mask: PyTree, v: PyTree) -> PyTree:
-    """M ⊙ H(M ⊙ v), H the Hessian of ``loss_fn`` at M ⊙ params.
-
-    The loss is evaluated at the masked weights (the sparse network), so this is the principal
-    sub-matrix H_MM acting on the kept coordinates, with zeros at pruned ones; the entries of
-    ``v`` at pruned coordinates are ignored.
-
-    Args:
-        loss_fn: scalar function of a params-shaped pytree.
-        params: the weights (pruned entries may hold anything: they are masked).
-        mask: bool pytree shaped like ``params``.
-        v: pytree shaped like ``params``.
-    """
-    masked_loss = lambda p: loss_fn(masks_lib.apply_mask(p, mask))
-    hv = hvp(masked_loss, masks_lib.apply_mask(params, mask), masks_lib.apply_mask(v, mask))
-    return masks_lib.apply_mask(hv, mask)
-
-
-def masked_operator(loss_fn: LossFn, params: PyTree, mask: PyTree) -> Callable[[PyTree], PyTree]:
-    """The linear map v ↦ M ⊙ H(M ⊙ v) at fixed (params, mask), for the eigen-solvers."""
-    return lambda v: masked_hvp(loss_fn, params, mask, v)
-
-
-# --- eigen-solvers --------------------------------------------------------------------------------
-
-
-def power_iteration(
-    matvec: Callable[[PyTree], PyTree],
-    v0: PyTree,
-    iters: int = 100,
-    tol: float = 0.0,
-    shift: float = 0.0,
-):
-    """Power iteration for a symmetric operator A: the eigenvalue of largest magnitude of A + cI.
-
-    Each step v ← (A + cI)v / ‖(A + cI)v‖ (c = ``shift``); the returned eigenvalue is the
-    Rayleigh quotient vᵀAv of the last unit v (of A itself, the shift removed). Without a shift
-    that is the eigenvalue of largest |λ| (Thudi's "largest singular value" of a symmetric H).
-    With c ≥ −λ_min(A), A + cI is positive semi-definite and the iteration finds the largest
-    *algebraic* eigenvalue instead. If the two extreme eigenvalues have (nearly) equal magnitude
-    and opposite signs the plain iteration does not settle: use a shift or :func:`lanczos`.
-
-    Stops after ``iters`` products, or once the Rayleigh quotient changes by at most
-    ``tol``·|λ| between two steps (``tol=0`` runs all ``iters``). One ``lax.while_loop``; jittable.
-
-    Args:
-        matvec: v ↦ A v on pytrees (A symmetric).
-        v0: the start vector (non-zero; it fixes the subspace explored, e.g. a masked draw).
-        iters: the most products with A.
-        tol: relative change of the eigenvalue estimate to stop at.
-        shift: c above.
-
-    Returns:
-        ``(eigenvalue, vector)``: a scalar and the unit pytree whose Rayleigh quotient it is.
-    """
-    return _power(matvec, v0, iters, tol, shift)[:2]
-
-
-def _power(matvec, v0, iters, tol, shift):
-    """:func:`power_iteration` plus ``info``: iterations and the residual ‖Av − λv‖."""
-    n0 = tree_norm(v0)
-    v = _scale(1.0 / jnp.where(n0 > 0, n0, 1.0), v0)
-    dtype = jnp.result_type(*jax.tree.leaves(v))
-    inf = jnp.asarray(jnp.inf, dtype)
-
-    def cond(c):
-        i, _, _, lam, lam_prev = c
-        moving = jnp.abs(lam - lam_prev) > tol * jnp.abs(lam)
-        return (i < iters) & ((i < 2) | moving)
-
-    def body(c):
-        i, v, _, lam, _ = c
-        av = matvec(v)
-        lam_new = tree_vdot(v, av)
-        return i + 1, v, av, lam_new, lam
-
-    def step(c):
-        # Advance v to the normalised (A + cI)v of the previous step before the next product.
-        i, v, av, lam, lam_prev = c
-        w = _axpy(shift, v, av)
-        n = tree_norm(w)
-        return i, _scale(1.0 / jnp.where(n > 0, n, 1.0), w), av, lam, lam_prev
-
-    zero = jax.tree.map(jnp.zeros_like, v)
-    state = body((jnp.zeros((), jnp.int32), v, zero, inf, inf))
-    state = jax.lax.while_loop(cond, lambda c: body(step(c)), state)
-    i, v, av, lam, _ = state
-    residual = tree_norm(_axpy(-lam, v, av))
-    return lam, v, {"iterations": i, "residual": residual}
+# --- λ(M): the masked Hessian's spectrum ---------------------------------------------------------
 
 
 def _masked_normal(key: jax.Array, params: PyTree, mask: PyTree) -> PyTree:
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    draws = [jax.random.normal(k, jnp.shape(p), jnp.result_type(p)) for k, p in zip(keys, leaves)]
-    return masks_lib.apply_mask(jax.tree.unflatten(treedef, draws), mask)
+    """M ⊙ N(0, I) shaped like ``params``: the start vectors of the eigen-solvers."""
+    return masks_lib.apply_mask(optax.tree.random_like(key, params), mask)
 
 
 def top_eigenvalue(
@@ -205,7 +78,8 @@ def top_eigenvalue(
 
     Power iteration on forward-over-reverse HVPs from v₀ = M ⊙ N(0, I) (``key``). With
     ``shift=None`` it is the eigenvalue of largest magnitude (possibly negative at a saddle); with
-    a shift c ≥ −λ_min it is the largest algebraic eigenvalue (see :func:`power_iteration`).
+    a shift c ≥ −λ_min it is the largest algebraic eigenvalue (see
+    :func:`unprune_jax.linalg.power_iteration`).
     Pruned coordinates never enter: the operator is H_MM, so changing H outside M changes nothing.
     H is taken at M ⊙ params (the sparse network). Interlacing (λ(M₁) ≤ λ(M₂) for M₁ ⊆ M₂) compares
     masks at one Hessian, so it holds when ``params`` is zero outside the smallest mask; a pruned
@@ -228,63 +102,7 @@ def top_eigenvalue(
     """
     matvec = masked_operator(loss_fn, params, mask)
     v0 = _masked_normal(key, params, mask)
-    lam, v, info = _power(matvec, v0, iters, tol, 0.0 if shift is None else shift)
-    return lam, v, info
-
-
-def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, steps: int,
-            restarts: jax.Array | None = None):
-    """Ritz values of a symmetric A from ``steps`` Lanczos steps with full reorthogonalisation.
-
-    Builds the orthonormal Krylov basis q₀..q_{m−1} of (A, v0) and the tridiagonal T = QᵀAQ; the
-    eigenvalues of T (Ritz values) approximate the extreme eigenvalues of A, the outermost first,
-    and are exact once m reaches the dimension of the space explored. Each new vector is
-    orthogonalised twice against all earlier ones ("twice is enough"), so there are no ghost
-    copies. On breakdown (an invariant subspace was found, β ≈ 0) the next vector is the next row
-    of ``restarts`` orthogonalised against the basis, with β = 0: T becomes block-diagonal and its
-    eigenvalues stay eigenvalues of A. One ``fori_loop``; memory m·n.
-
-    Args:
-        matvec: flat v ↦ A v, shape (n,) → (n,).
-        v0: (n,) start vector, non-zero.
-        steps: m ≥ 1; at most the dimension of the space (e.g. the number of kept coordinates).
-        restarts: (m, n) vectors for breakdowns in the same space as ``v0`` (e.g. masked draws);
-            None: no restart (after a breakdown the remaining Ritz values are spurious zeros).
-
-    Returns:
-        ``(ritz, info)``: the m Ritz values in descending order, and ``info`` with the
-        tridiagonal's ``alpha`` (m,) and ``beta`` (m−1,).
-    """
-    n = v0.shape[0]
-    dtype = v0.dtype
-    restarts = jnp.zeros((steps, n), dtype) if restarts is None else restarts
-    eps = jnp.finfo(dtype).eps
-
-    def orthogonalise(w, q):
-        for _ in range(2):
-            w = w - q.T @ (q @ w)
-        return w
-
-    def body(j, c):
-        q, alpha, beta, scale = c
-        w = matvec(q[j])
-        a = jnp.vdot(q[j], w)
-        w = orthogonalise(w, q)  # rows beyond j are still zero, so this is against q₀..q_j
-        b = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(a) + b)
-        broke = b <= 100 * eps * scale
-        r = orthogonalise(restarts[j], q)
-        r_norm = jnp.linalg.norm(r)
-        nxt = jnp.where(broke, r / jnp.where(r_norm > 0, r_norm, 1.0), w / jnp.where(b > 0, b, 1.0))
-        q = jnp.where(j + 1 < steps, q.at[jnp.minimum(j + 1, steps - 1)].set(nxt), q)
-        return q, alpha.at[j].set(a), beta.at[j].set(jnp.where(broke, 0.0, b)), scale
-
-    q = jnp.zeros((steps, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    init = (q, jnp.zeros(steps, dtype), jnp.zeros(steps, dtype), jnp.zeros((), dtype))
-    _, alpha, beta, _ = jax.lax.fori_loop(0, steps, body, init)
-    t = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
-    ritz = jnp.linalg.eigvalsh(t)[::-1]
-    return ritz, {"alpha": alpha, "beta": beta[:-1]}
+    return power_iteration_info(matvec, v0, iters, tol, 0.0 if shift is None else shift)
 
 
 def _kept(mask: PyTree) -> int | None:
@@ -319,8 +137,8 @@ def lanczos_topk(
             with their signs).
 
     Returns:
-        ``(eigenvalues, info)``: (k,) array, descending by ``by``; info as :func:`lanczos`'s plus
-        ``ritz`` (all m Ritz values, descending).
+        ``(eigenvalues, info)``: (k,) array, descending by ``by``; info as
+        :func:`unprune_jax.linalg.lanczos`'s plus ``ritz`` (all m Ritz values, descending).
 
     Raises:
         ValueError: if ``k`` or ``steps`` is out of range (naming it) or ``by`` is unknown.
@@ -415,7 +233,7 @@ def unlearning_error_proxy(
     if isinstance(t, numbers.Real) and not t >= 0:
         raise ValueError(f"step count t must be ≥ 0, got {t}")
     masks_lib.check_mask(params_t, mask)
-    drift = tree_norm(masks_lib.apply_mask(jax.tree.map(jnp.subtract, params_t, params_0), mask))
+    drift = optax.tree.norm(masks_lib.apply_mask(optax.tree.sub(params_t, params_0), mask))
     s = jnp.abs(lam)
     s = jnp.sqrt(s) if sigma == "sqrt" else s
     return 0.5 * eta**2 * t * drift * s
@@ -492,7 +310,7 @@ def unrolled_sgd_check(
 
     def step(w, x, y):
         g = masks_lib.apply_mask(grad(w, x, y), mask)
-        return masks_lib.apply_mask(_axpy(-eta, g, w), mask)
+        return masks_lib.apply_mask(optax.tree.add_scale(w, -eta, g), mask)
 
     def body(carry, batch):
         w, w_r, k = carry
@@ -506,8 +324,11 @@ def unrolled_sgd_check(
     x_f = jax.tree.map(lambda a: a[forget_step], xs)
     y_f = jax.tree.map(lambda a: a[forget_step], ys)
     g_f = masks_lib.apply_mask(grad(w0, x_f, y_f), mask)
-    w_u = _axpy(eta, g_f, w_t)
-    diff = lambda a, b: tree_norm(jax.tree.map(jnp.subtract, a, b))
+    w_u = optax.tree.add_scale(w_t, eta, g_f)
+
+    def diff(a, b):
+        return optax.tree.norm(optax.tree.sub(a, b))
+
     return {
         "params_t": w_t,
         "params_retrain": w_r,

@@ -7,8 +7,8 @@ method's subclass of it) with the method's epochs, learning rate and so on. Un-p
 registered method by name. Each method lives in its own module and registers itself on import.
 """
 
-from .base import REGISTRY, Entry, UnlearnTask, get, is_stacked, register, run, train_on
-from . import basic, boundary, iu, penalised, relabel, scrub, sfron  # noqa: F401  (each registers)
-from . import hparams  # noqa: E402
+# Each method module registers itself on import; hparams is ``unlearn.hparams.defaults``.
+from . import basic, boundary, hparams, iu, penalised, relabel, scrub, sfron  # noqa: F401
+from .base import REGISTRY, Unlearner, UnlearnTask, get, is_stacked, register, run, train_on
 
-__all__ = ["UnlearnTask", "Entry", "REGISTRY", "register", "get", "run", "train_on"]
+__all__ = ["UnlearnTask", "Unlearner", "REGISTRY", "register", "get", "run", "train_on"]

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
 from .. import masks as masks_lib
-from ..registry import unknown_name_error
-from ..data import Dataset
 from .. import runs
+from ..data import Dataset
+from ..registry import Registry
 from ..train import DivergenceError, TrainConfig, Trainer, TrainState, make_train_step
 
 
@@ -65,33 +66,37 @@ Method = Callable[[TrainState, UnlearnTask, TrainConfig], tuple[TrainState, dict
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
+class Unlearner:
+    """A registered unlearning method: its function and its default settings."""
+
     fn: Method
     defaults: TrainConfig
-    description: str
     batched: bool = False
 
 
-REGISTRY: dict[str, Entry] = {}
+#: Every unlearning method by name (``unprune-jax list unlearners``). Method names are short
+#: (GA, FT, RL): a low cutoff still suggests GA for GAA.
+REGISTRY: Registry[Unlearner] = Registry("unlearning method", cutoff=0.3)
 
 
 def register(name: str, defaults: TrainConfig, description: str, *, batched: bool = False):
-    """Decorator adding a method to the registry under ``name``; ``batched``: it takes K stacked
-    states (see the module docstring)."""
+    """Decorator adding a method to :data:`REGISTRY` under ``name``, with its default settings;
+    ``batched``: it takes K stacked states (see the module docstring).
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
 
     def wrap(fn: Method) -> Method:
-        REGISTRY[name] = Entry(fn, defaults, description, batched)
+        REGISTRY.register(name, description, Unlearner(fn, defaults, batched))
         return fn
 
     return wrap
 
 
-def get(name: str) -> Entry:
-    """The registry entry for ``name``; unknown names get the closest valid one in the error."""
-    if name not in REGISTRY:
-        # method names are short (GA, FT, RL): a low cutoff still finds GA for GAA
-        raise unknown_name_error("unlearning method", name, REGISTRY, cutoff=0.3)
-    return REGISTRY[name]
+def get(name: str) -> Unlearner:
+    """The method registered as ``name``; unknown names get the closest valid one in the error."""
+    return REGISTRY.get(name)
 
 
 def is_stacked(state: TrainState) -> bool:
@@ -124,7 +129,8 @@ def run(
     ``'keep_last_good'`` returns the last good state with the error text in ``metrics['diverged']``.
     """
     if on_divergence not in ("raise", "keep_last_good"):
-        raise ValueError(f"on_divergence must be 'raise' or 'keep_last_good', got {on_divergence!r}")
+        raise ValueError("on_divergence must be 'raise' or 'keep_last_good', got "
+                         f"{on_divergence!r}")
     entry = get(name)
     masks_lib.check_mask(state.params, state.mask)
     cfg = entry.defaults if cfg is None else cfg

@@ -66,7 +66,7 @@ def nearest_wrong_label(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.argmax(jnp.where(true, -jnp.inf, logits), axis=-1).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_label_fn(apply_fn):
     """Compiled ``(params, model_state, mask, x, y, eps, quantize) -> (ỹ, argmax(f(x')) == y)``."""
 

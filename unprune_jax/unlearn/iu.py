@@ -39,8 +39,8 @@ The peers' "WoodFisher" IU (peers-unlearn.md §1.8) does not invert anything: it
 recursion only ever rescales the first sample's gradient, so it returns v − β·g₀, i.e. a scaled
 gradient difference. Here the inverse is a real one, computed by conjugate gradients (CG) or by
 LiSSA's Neumann series, both matrix-free on forward-over-reverse Hessian-vector products
-(``jax.jvp`` of ``jax.grad``) in eval mode, and the relative residual ‖(H + λ)x − g‖/‖g‖ is
-reported so that an unconverged solve is visible.
+(``jax.jvp`` of ``jax.grad``) in eval mode (all from :mod:`unprune_jax.linalg`), and the relative
+residual ‖(H + λ)x − g‖/‖g‖ is reported so that an unconverged solve is visible.
 
 Curvature. ``hvp`` is the exact Hessian. ``curvature='ggn'`` uses the generalised Gauss-Newton
 matrix Jᵀ·∇²_z CE·J instead (J the Jacobian of the logits): positive semi-definite, so CG never
@@ -61,7 +61,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -71,8 +71,7 @@ import optax
 from .. import losses
 from .. import masks as masks_lib
 from ..data import batch_indices
-# One HVP, one power iteration, one pytree inner product for the whole library: the theory's.
-from ..metrics.theory import hvp, masked_hvp, power_iteration, tree_norm, tree_vdot  # noqa: F401
+from ..linalg import cg_solve, ggn_vp, hvp, lissa_solve, power_iteration
 from ..train import DivergenceError, TrainConfig
 from .base import register, train_on
 
@@ -81,108 +80,6 @@ PyTree = Any
 SOLVERS = ("cg", "lissa")
 CURVATURES = ("hessian", "ggn")
 DIRECTIONS = ("influence", "newton")
-
-
-# --- pytree vector algebra ------------------------------------------------------------------------
-
-
-def _axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
-    """alpha·x + y."""
-    return jax.tree.map(lambda a, b: alpha * a + b, x, y)
-
-
-# --- curvature-vector products --------------------------------------------------------------------
-
-
-def ggn_vp(model_fn: Callable[[PyTree], jax.Array], out_loss_fn: Callable[[jax.Array], jax.Array],
-           params: PyTree, v: PyTree) -> PyTree:
-    """Generalised Gauss-Newton product Jᵀ·∇²ℓ(z)·J·v with z = model_fn(params), ℓ = out_loss_fn.
-
-    PSD when ℓ is convex in the outputs (cross-entropy in the logits is); equals the Hessian of
-    ℓ∘model_fn when model_fn is linear in the parameters.
-    """
-    z, jv = jax.jvp(model_fn, (params,), (v,))
-    hjv = jax.jvp(jax.grad(out_loss_fn), (z,), (jv,))[1]
-    _, vjp = jax.vjp(model_fn, params)
-    return vjp(hjv)[0]
-
-
-# --- linear solvers on pytrees --------------------------------------------------------------------
-
-
-def cg_solve(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int = 50, tol: float = 1e-4):
-    """Conjugate gradients for A x = b, A symmetric (positive definite on the span explored).
-
-    Starts at x = 0 and stops after ``iters`` iterations, once ‖r‖ ≤ tol·‖b‖, or on meeting a
-    direction p with pᵀAp ≤ 0 (A is not positive definite there: the iterate so far is kept,
-    truncated CG as in Steihaug's method). Runs in one ``lax.while_loop``, so it can be jitted.
-
-    Returns:
-        ``(x, info)``; info holds ``iterations``, ``residual`` (the recursive relative residual
-        ‖r‖/‖b‖; recompute ‖A x − b‖ for an exact figure) and ``negative_curvature`` (bool).
-    """
-    b_norm = tree_norm(b)
-    zero = jax.tree.map(jnp.zeros_like, b)
-    rs0 = tree_vdot(b, b)
-    threshold = (tol * b_norm) ** 2
-
-    def cond(c):
-        i, _, _, _, rs, neg = c
-        return (i < iters) & (rs > threshold) & (rs > 0) & ~neg
-
-    def body(c):
-        i, x, r, p, rs, _ = c
-        ap = matvec(p)
-        pap = tree_vdot(p, ap)
-        neg = ~(pap > 0)  # also catches a nan curvature
-        step = jnp.where(neg, 0.0, rs / jnp.where(neg, 1.0, pap))
-        x_new = _axpy(step, p, x)
-        r_new = _axpy(-step, ap, r)
-        rs_new = tree_vdot(r_new, r_new)
-        beta = rs_new / jnp.where(rs > 0, rs, 1.0)
-        p_new = _axpy(beta, p, r_new)
-        keep = lambda new, old: jax.tree.map(lambda a, o: jnp.where(neg, o, a), new, old)
-        return (i + jnp.where(neg, 0, 1), keep(x_new, x), keep(r_new, r), keep(p_new, p),
-                jnp.where(neg, rs, rs_new), neg)
-
-    init = (jnp.zeros((), jnp.int32), zero, b, b, rs0, jnp.zeros((), bool))
-    i, x, _, _, rs, neg = jax.lax.while_loop(cond, body, init)
-    residual = jnp.where(b_norm > 0, jnp.sqrt(rs) / jnp.where(b_norm > 0, b_norm, 1.0), 0.0)
-    return x, {"iterations": i, "residual": residual, "negative_curvature": neg}
-
-
-def lissa_solve(matvec: Callable[[PyTree], PyTree], b: PyTree, depth: int = 100,
-                scale: float = 10.0, tol: float = 0.0):
-    """LiSSA: A⁻¹b by the truncated Neumann series (1/s)·Σ_{k<depth} (I − A/s)^k b.
-
-    The recursion u₀ = b, u_{j+1} = b + u_j − A u_j / s, x_j = u_j / s is Richardson's iteration
-    x_{j+1} = x_j + (b − A x_j)/s. It converges when every eigenvalue μ of A satisfies 0 < μ < 2s,
-    so ``scale`` must exceed half the largest eigenvalue (s ≥ λ_max is the usual choice); the error
-    along μ shrinks by (1 − μ/s) per step, so flat directions converge slowly and a finite depth
-    acts as a regulariser. Eigenvalues ≤ 0 make the series diverge. Here A is one fixed operator
-    (the deterministic form of Agarwal et al.'s stochastic estimator). Stops early once
-    ‖b − A x‖ ≤ tol·‖b‖.
-
-    Returns:
-        ``(x, info)``; info holds ``iterations`` and ``residual`` ‖b − A x‖/‖b‖ of the returned x.
-    """
-    b_norm = tree_norm(b)
-    inv_s = 1.0 / scale
-
-    def cond(c):
-        i, _, res = c
-        return (i < depth) & (res > tol * b_norm)
-
-    def body(c):
-        i, x, _ = c
-        r = jax.tree.map(jnp.subtract, b, matvec(x))
-        return i + 1, _axpy(inv_s, r, x), tree_norm(r)
-
-    # x₀ = b/s (= u₀/s); its residual is computed in the first step.
-    x0 = jax.tree.map(lambda a: a * inv_s, b)
-    i, x, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x0, jnp.asarray(jnp.inf)))
-    res = tree_norm(jax.tree.map(jnp.subtract, b, matvec(x)))
-    return x, {"iterations": i + 1, "residual": res / jnp.where(b_norm > 0, b_norm, 1.0)}
 
 
 # --- the retain-set curvature operator ------------------------------------------------------------
@@ -206,16 +103,16 @@ def _operator(apply_fn, curvature: str, params, model_state, mask, xs, ys, ws, s
         v = masks_lib.apply_mask(v, mask)
 
         def body(acc, batch):
-            return jax.tree.map(jnp.add, acc, one(v, *batch)), None
+            return optax.tree.add(acc, one(v, *batch)), None
 
-        acc, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, v), (xs, ys, ws))
+        acc, _ = jax.lax.scan(body, optax.tree.zeros_like(v), (xs, ys, ws))
         out = jax.tree.map(lambda a, u: a / total + shift * u, acc, v)
         return masks_lib.apply_mask(out, mask)
 
     return matvec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_solver(apply_fn, curvature: str, solver: str, iters: int):
     """Compiled ``(params, model_state, mask, xs, ys, ws, b, shift, tol, scale) -> (x, info)``.
 
@@ -229,15 +126,15 @@ def _make_solver(apply_fn, curvature: str, solver: str, iters: int):
         else:
             x, info = lissa_solve(matvec, b, iters, scale, tol)
         x = masks_lib.apply_mask(x, mask)
-        r = jax.tree.map(jnp.subtract, matvec(x), b)
-        b_norm = tree_norm(b)
-        info = {**info, "residual": tree_norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)}
+        b_norm = optax.tree.norm(b)
+        residual = optax.tree.norm(optax.tree.sub(matvec(x), b))
+        info = {**info, "residual": residual / jnp.where(b_norm > 0, b_norm, 1.0)}
         return x, info
 
     return jax.jit(solve)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_top_eigenvalue(apply_fn, curvature: str, iters: int):
     def top(params, model_state, mask, xs, ys, ws, shift, v0):
         matvec = _operator(apply_fn, curvature, params, model_state, mask, xs, ys, ws, shift)
@@ -246,7 +143,7 @@ def _make_top_eigenvalue(apply_fn, curvature: str, iters: int):
     return jax.jit(top)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_grad_sum(apply_fn):
     """Compiled ``(loss, grad, params, model_state, mask, x, y, w) -> (loss + Σ w·CE, grad +
     M ⊙ ∇ Σ w·CE)`` in eval mode: one batch added to running sums."""
@@ -257,7 +154,7 @@ def _make_grad_sum(apply_fn):
             return _ce_sum(logits, y, w)
 
         value, g = jax.value_and_grad(loss)(params)
-        return total_loss + value, jax.tree.map(jnp.add, total_grad, masks_lib.apply_mask(g, mask))
+        return total_loss + value, optax.tree.add(total_grad, masks_lib.apply_mask(g, mask))
 
     return jax.jit(grad_sum)
 
@@ -267,36 +164,32 @@ def mean_loss_and_grad(state, apply_fn, dataset, indices, batch_size: int):
     fn = _make_grad_sum(apply_fn)
     idx, w = batch_indices(np.asarray(indices), batch_size, shuffle=False)
     total_loss = jnp.zeros((), jnp.float32)
-    total = jax.tree.map(jnp.zeros_like, state.params)
+    total = optax.tree.zeros_like(state.params)
     for b in range(len(idx)):
         total_loss, total = fn(total_loss, total, state.params, state.model_state, state.mask,
                                dataset.x[idx[b]], dataset.y[idx[b]], w[b])
     n = len(indices)
-    return float(total_loss) / n, _scale(total, jnp.float32(1.0 / n))
+    return float(total_loss) / n, _scale(jnp.float32(1.0 / n), total)
 
 
 _apply_mask = jax.jit(masks_lib.apply_mask)
-
-
-@jax.jit
-def _scale(tree, c):
-    return jax.tree.map(lambda a: c * a, tree)
+_scale = jax.jit(optax.tree.scale)
 
 
 @jax.jit
 def _rhs(params, grad, mask, wd):
     """M ⊙ (grad + wd·θ) and its norm."""
-    b = masks_lib.apply_mask(_axpy(wd, params, grad), mask)
-    return b, tree_norm(b)
+    b = masks_lib.apply_mask(optax.tree.add_scale(grad, wd, params), mask)
+    return b, optax.tree.norm(b)
 
 
 @jax.jit
 def _take_step(params, x, mask, coef):
     """θ + coef·(M ⊙ x), masked; whether it is finite; ‖Δ‖ and ‖θ‖."""
-    delta = masks_lib.apply_mask(jax.tree.map(lambda a: coef * a, x), mask)
-    new = masks_lib.apply_mask(jax.tree.map(jnp.add, params, delta), mask)
+    delta = masks_lib.apply_mask(optax.tree.scale(coef, x), mask)
+    new = masks_lib.apply_mask(optax.tree.add(params, delta), mask)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(new)]))
-    return new, finite, tree_norm(delta), tree_norm(params)
+    return new, finite, optax.tree.norm(delta), optax.tree.norm(params)
 
 
 def hessian_batches(retain, batch_size: int, num_batches: int | None, seed: int):
@@ -410,8 +303,7 @@ def influence_unlearning(state, task, cfg: IUConfig):
     if cfg.solver == "lissa":
         if cfg.lissa_scale is None:
             top = _make_top_eigenvalue(task.apply_fn, cfg.curvature, cfg.power_iters)
-            v0 = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), params,
-                              _split_like(jax.random.PRNGKey(cfg.seed), params))
+            v0 = optax.tree.random_like(jax.random.PRNGKey(cfg.seed), params)
             top_eig = abs(float(top(params, state.model_state, mask, xs, ys, w, shift, v0)))
             scale = max(1.25 * top_eig, 1e-8)
         else:
@@ -460,8 +352,3 @@ def influence_unlearning(state, task, cfg: IUConfig):
         state, ft = train_on(state, task, cfg, task.retain, losses.cross_entropy, "IU-FT")
         history += [{**h, "phase": "finetune"} for h in ft["history"]]
     return state, {**metrics, "history": history}
-
-
-def _split_like(key, tree):
-    keys = jax.random.split(key, len(jax.tree.leaves(tree)))
-    return jax.tree.unflatten(jax.tree.structure(tree), list(keys))

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import losses
+from .. import losses, optim
 from .. import masks as masks_lib
 from .. import optim, runs
 from ..data import batch_indices
@@ -122,7 +122,7 @@ def sfron_forget_loss(logits, labels, weights, extra, params=None) -> jax.Array:
     return -extra["alpha"] * jnp.sum(adaptive_weights(ce, weights, extra["lam"]) * ce)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_squared_grad(apply_fn):
     """Compiled ``(params, model_state, mask, x, y, w) -> (∇ CE)²`` in eval mode."""
 
@@ -150,18 +150,12 @@ def fisher_diagonal(state, apply_fn, dataset, indices, batch_size, seed, max_bat
     for b in range(len(idx)):
         sq = fn(state.params, state.model_state, state.mask, dataset.x[idx[b]], dataset.y[idx[b]],
                 w[b])
-        total = sq if total is None else _tree_add(total, sq)
-    return _tree_scale(total, np.float32(1.0 / len(idx)))
+        total = sq if total is None else _add(total, sq)
+    return _scale(np.float32(1.0 / len(idx)), total)
 
 
-@jax.jit
-def _tree_add(a, b):
-    return jax.tree.map(jnp.add, a, b)
-
-
-@jax.jit
-def _tree_scale(a, c):
-    return jax.tree.map(lambda x: x * c, a)
+_add = jax.jit(optax.tree.add)
+_scale = jax.jit(optax.tree.scale)
 
 
 @jax.jit
