@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -168,19 +169,25 @@ def _assert_damaged_message(msg: str, d: pathlib.Path) -> None:
     assert len(msg) < 1000  # TensorStore's spec dumps are cut
 
 
-def test_flipped_bits_fail_the_crc_and_name_the_leaf(saved):
+def test_flipped_bits_fail_the_crc_and_name_the_leaf(tmp_path):
     """Orbax itself restores a flipped byte silently; the recorded CRC-32 catches it."""
-    run_dir, d, tree = saved
-    f = _data_files(d)[0]
+    tree = {"w": jax.random.normal(jax.random.PRNGKey(0), (64, 64)), "b": jnp.arange(3.0)}
+    d = ckpt.save_stage(tmp_path, "train", tree, {})
+    f = _data_files(d)[0]  # the 16 KiB of w, incompressible
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x10
     f.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="fails its CRC-32 check") as info:
-        ckpt.load_stage(run_dir, "train", tree)
+    with pytest.raises(CheckpointError, match=r"leaf \['w'\] fails its CRC-32 check") as info:
+        ckpt.load_stage(tmp_path, "train", tree)
     _assert_damaged_message(str(info.value), d)
-    assert "leaf ['state'].params['dense']['kernel']" in str(info.value)
 
 
+# When one array read fails, Orbax 0.12 leaves the other reads' coroutines unawaited; Python
+# reports them when it collects them. Harmless; collected here so no later test reports them.
+ORPHANED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@ORPHANED_READS
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
 def test_truncated_or_missing_data_file(saved, damage):
     run_dir, d, tree = saved
@@ -193,6 +200,8 @@ def test_truncated_or_missing_data_file(saved, damage):
         ckpt.load_stage(run_dir, "train", tree)
     _assert_damaged_message(str(info.value), d)
     assert d.is_dir()  # nothing deleted
+    del info
+    gc.collect()
 
 
 @pytest.mark.parametrize("what", ["meta", "record"])
