@@ -108,8 +108,10 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
     assert calls == []
     assert without_time(second["rows"]) == without_time(first["rows"])
 
-    # an unfinished stage (no meta.json) is recomputed, and only that one
-    os.remove(ckpt.stage_dir(tmp_path, "sides/gold") / "meta.json")
+    # an unfinished stage (Orbax's temporary directory, never renamed into place) is recomputed,
+    # and only that one
+    gold = ckpt.stage_dir(tmp_path, "sides/gold")
+    os.rename(gold, gold.with_name("gold.orbax-checkpoint-tmp"))
     third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert calls == ["gold dense", "gold sparse"]
     assert without_time(third["rows"]) == without_time(first["rows"])  # deterministic

@@ -1,646 +1,578 @@
-"""Resumable stage checkpoints for the unlearning pipeline.
+"""The run directory: resumable stages on Orbax, checksummed run files, a lock and a marker.
 
-The pipeline (train -> prune -> unlearn/<method> -> unprune/<method> -> gold ->
-evaluate) saves the result of every stage so that a rerun resumes at the first
-unfinished stage. This module is the only place that talks to Orbax; switching
-to the Orbax V1 API later should only touch :func:`_orbax_save` and
-:func:`_orbax_restore`.
+Layout::
 
-On-disk layout of one stage (``name`` may contain ``/``, giving nested dirs)::
+    RUN_DIR/
+        .unprune_jax_run    marker: unprune-jax made this directory (``--fresh`` deletes only
+                            such a one); the SHA-256 of every file written by save_run_json
+        .unprune_jax.lock   flock-ed for the whole run; names the holder (pid, host, start, command)
+        stages/<name>/      one Orbax checkpoint per stage (``name`` may contain ``/``)
 
-    <run_dir>/stages/<name>/
-        arrays/          Orbax (V0, ``StandardCheckpointer``) checkpoint holding
-                         the flattened leaves as {"000000": array, ...}
-        structure.json   key path, shape, dtype and CRC-32 of every leaf
-        meta.json        caller's metadata; written LAST and atomically
-
-Boolean leaves (pruning masks) are stored as packed bits: ``np.packbits`` of
-the flattened array, a ``uint8`` vector of ``ceil(size / 8)`` bytes, with
-``"packing": "bits"`` and the original shape in ``structure.json``; they are
-unpacked on load. A mask then takes 1/8 of the bytes of its ``bool`` form.
-The CRC-32 is taken over the unpacked ``bool`` bytes, so it checks the leaf
-as the caller sees it, packing and unpacking included. Checkpoints written
-before packing (format version 1, bool leaves stored as ``bool``) still load.
-
-A stage counts as finished if and only if ``meta.json`` exists. The pytree is
-flattened with :func:`jax.tree_util.tree_flatten_with_path` before it reaches
-Orbax and rebuilt from the caller's ``like`` tree on load, so Orbax only ever
-sees a flat dict of arrays: container types (``flax.struct`` dataclasses, optax
-NamedTuples, empty states) never depend on how Orbax serialises pytrees, and
-structure mismatches are reported by key path. Typed PRNG keys
-(``jax.random.key``) are stored as their raw ``key_data`` and re-wrapped.
-
-Only single-process use is supported: every leaf is copied to host memory on
-save and restored onto the default device (or as numpy, see
-:func:`load_stage`).
+A stage is an ``ocp.Checkpointer`` + ``CompositeCheckpointHandler`` checkpoint of three items:
+``state`` (the pytree, ``StandardSave``; absent for a tree without arrays), ``meta`` (the
+caller's JSON) and ``record`` (ours). Orbax writes under a temporary name and renames the
+directory into place once every item is written, so a stage under its final name is complete;
+an interrupted save leaves only ``<name>.orbax-checkpoint-tmp``, which the next save replaces.
+The record holds what Orbax lacks: the stage's name and ``fingerprint`` (what produced it), so a
+stage made by another config or copied from elsewhere is refused; per leaf the key path, shape,
+dtype and CRC-32 (Orbax casts a restore to the target's dtype and misses flipped bits in its data
+files); and the SHA-256 of ``meta``. A damaged stage raises :class:`CheckpointError` naming the
+stage and its directory, what is wrong, and that deleting the directory recomputes it.
 
 Example:
-    >>> if stage_done(run_dir, "train"):
-    ...     state, meta = load_stage(run_dir, "train", like=abstract_state)
-    ... else:
-    ...     state, metrics = train(...)
-    ...     save_stage(run_dir, "train", state, {"metrics": metrics})
+    >>> with lock_run_dir(run_dir):
+    ...     fp = fingerprint(config_dict, "train")
+    ...     if stage_done(run_dir, "train", fingerprint=fp):
+    ...         state, meta = load_stage(run_dir, "train", like=abstract_state, fingerprint=fp)
+    ...     else:
+    ...         save_stage(run_dir, "train", state, {"metrics": metrics}, fingerprint=fp)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import enum
+import fcntl
 import functools
-import gc
+import hashlib
+import inspect
 import json
-import logging
 import os
 import pathlib
 import shutil
+import socket
 import sys
-import tempfile
 import threading
-import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
-    "CheckpointError",
-    "META_FILENAME",
-    "STAGES_DIRNAME",
-    "load_json",
-    "load_meta",
-    "load_stage",
-    "save_json",
-    "save_stage",
-    "stage_dir",
-    "stage_done",
+    "CheckpointError", "fingerprint", "load_json", "load_meta", "load_run_json", "load_stage",
+    "lock_run_dir", "make_run_dir", "save_json", "save_run_json", "save_stage", "stage_dir",
+    "stage_done", "with_run_dir_lock",
 ]
 
-logger = logging.getLogger(__name__)
-
 STAGES_DIRNAME = "stages"
-META_FILENAME = "meta.json"
-_STRUCTURE_FILENAME = "structure.json"
-_ARRAYS_DIRNAME = "arrays"
-_FORMAT = "unprune_jax.stage"
-_FORMAT_VERSION = 2  # 2: bool leaves stored as packed bits (see the module docstring).
-_READABLE_VERSIONS = (1, 2)
-_PACKED_BITS = "bits"
-_RESERVED_NAMES = frozenset({_ARRAYS_DIRNAME, META_FILENAME, _STRUCTURE_FILENAME})
-_MAX_LISTED = 5  # How many mismatching leaves an error message lists.
-_MAX_CAUSE_CHARS = 400  # TensorStore errors embed huge JSON specs; cut them.
-_ORPHAN_SETTLE_S = 0.1  # See _drop_orphaned_reads.
+MARKER_FILENAME = ".unprune_jax_run"
+LOCK_FILENAME = ".unprune_jax.lock"
+_STAGE_VERSION = 3  # 1 and 2 were this module's own flat format, before Orbax's composite items
+_TMP_SUFFIX = ocp.path.step.TMP_DIR_SUFFIX
+_REDO = "use --fresh or another --run-dir"
+
+# Orbax 0.12.8's Checkpointer is not thread-safe (six threads saving at once fail with "Timeout
+# waiting for key 'awaitable_signals_contract_...'"); the sweep runs pipelines in threads.
+_ORBAX_LOCK = threading.Lock()
 
 PathLike = str | os.PathLike
 
 
 class CheckpointError(ValueError):
-    """A stage checkpoint exists but is corrupt or does not match ``like``.
+    """A stage or run file is damaged or was made by something else, or the run dir is taken.
 
-    The message names the stage directory, says what is wrong and suggests
-    deleting that directory so the stage is recomputed on the next run.
+    The message names the stage or file, what is wrong, and what to do.
     """
 
 
-# --------------------------------------------------------------------------
-# JSON helpers
-# --------------------------------------------------------------------------
+# --- JSON and fingerprints -------------------------------------------------------------------
 
 
-def _to_jsonable(obj: Any, where: str = "$") -> Any:
-    """Recursively converts ``obj`` into plain JSON-serialisable Python values.
+def _plain(x: Any) -> Any:
+    """``json.dumps``'s ``default``: numpy/jax scalars and arrays, dataclasses, enums, paths."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, jax.Array)) and not _is_key(x):
+        return np.asarray(x).tolist()
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+    if isinstance(x, enum.Enum):
+        return x.value
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise TypeError(f"object of type {type(x).__name__} is not JSON serializable")
 
-    Args:
-        obj: Value to convert. Supports None/bool/int/float/str, numpy scalars
-            and arrays, jax arrays, mappings, lists/tuples, dataclass
-            instances, enums and paths.
-        where: JSON-path-like location of ``obj``, used in error messages.
 
-    Returns:
-        The converted value (dicts, lists and Python scalars only).
+def _json(obj: Any, **kw) -> str:
+    return json.dumps(obj, **{"default": _plain, **kw})
+
+
+def _sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable SHA-256 (hex) of JSON-able values and numpy/jax arrays.
+
+    JSON values are hashed as canonical JSON (sorted keys, tuples as lists); arrays, also inside
+    dicts and lists, by dtype, shape and bytes. Equal parts give equal fingerprints in every
+    process.
 
     Raises:
-        TypeError: If a value (or dict key) cannot be represented in JSON.
+        TypeError: If a part holds something neither JSON nor an array.
     """
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):
-        return _to_jsonable(obj.item(), where)
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
-            raise TypeError(f"{where}: typed PRNG key arrays are not JSON serializable")
-        return _to_jsonable(np.asarray(obj).tolist(), where)
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, value in obj.items():
-            if isinstance(key, np.generic):
-                key = key.item()
-            if not (key is None or isinstance(key, (str, int, float, bool))):
-                raise TypeError(f"{where}: dict key {key!r} of type {type(key).__name__} is not JSON serializable")
-            out[key] = _to_jsonable(value, f"{where}[{key!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_jsonable(getattr(obj, f.name), f"{where}.{f.name}") for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return _to_jsonable(obj.value, where)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"{where}: object of type {type(obj).__name__} is not JSON serializable")
+
+    def array(a):
+        if isinstance(a, (np.ndarray, jax.Array)):
+            a = np.ascontiguousarray(_key_data(a))
+            return {"__array__": [a.dtype.str, a.shape, _sha256(a.view(np.uint8).reshape(-1))]}
+        return _plain(a)
+
+    h = hashlib.sha256()
+    for part in parts:
+        text = _json(part, sort_keys=True, separators=(",", ":"), default=array)
+        h.update(f"{len(text)}:{text}".encode())
+    return h.hexdigest()
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a fsynced temp file and ``os.replace``."""
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Writes through a temporary file and ``os.replace`` (readers never see a part). Created by
+    ``os.open`` with 0o666, not ``mkstemp`` (0o600), so the file's mode follows the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
+def _json_bytes(obj: Any) -> bytes:
+    return (_json(obj, indent=2) + "\n").encode()
+
+
 def save_json(path: PathLike, obj: Any) -> pathlib.Path:
-    """Atomically writes ``obj`` as pretty-printed JSON.
+    """Atomically writes ``obj`` as indented JSON, mode as the umask says; returns ``path``.
 
-    numpy/jax scalars and arrays are converted to Python scalars/lists,
-    tuples to lists, dataclasses to dicts, enums to their values and paths to
-    strings. Non-finite floats are written as ``NaN``/``Infinity`` (accepted by
-    :func:`load_json`). The file is written to a temp file in the same
-    directory, fsynced and moved into place with :func:`os.replace`, so
-    readers see either the old or the new content, never a partial file.
-
-    Args:
-        path: Destination file; parent directories are created.
-        obj: JSON-able value (see above).
-
-    Returns:
-        The destination path.
+    numpy/jax values become numbers and lists, tuples lists, dataclasses dicts, enums values,
+    paths strings; non-finite floats ``NaN``/``Infinity`` (read back by :func:`load_json`).
 
     Raises:
-        TypeError: If ``obj`` contains a value that cannot be converted. Nothing
-            is written in that case.
+        TypeError: If ``obj`` holds a value JSON cannot represent (nothing is written).
     """
     path = pathlib.Path(path)
-    text = json.dumps(_to_jsonable(obj), indent=2) + "\n"
-    _atomic_write_text(path, text)
+    _atomic_write(path, _json_bytes(obj))
     return path
 
 
+def _parse_json(path: pathlib.Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not JSON: not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
 def load_json(path: PathLike) -> Any:
-    """Reads a JSON file written by :func:`save_json`.
+    """Reads a JSON file. Raises FileNotFoundError, or CheckpointError (a ValueError) naming the
+    file and the position of the error if it is not JSON."""
+    path = pathlib.Path(path)
+    return _parse_json(path, path.read_bytes())
 
-    Args:
-        path: File to read.
 
-    Returns:
-        The parsed value.
+# --- the run directory: marker, checksummed files, lock ---------------------------------------
+
+
+def _listing(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _read_marker(run_dir: pathlib.Path) -> dict:
+    marker = load_json(run_dir / MARKER_FILENAME)
+    if not (isinstance(marker, dict) and isinstance(marker.get("files"), dict)):
+        raise CheckpointError(f"{run_dir / MARKER_FILENAME} is not an unprune-jax run marker; "
+                              f"delete {run_dir} yourself, or use another --run-dir")
+    return marker
+
+
+def _is_run_dir(run_dir: pathlib.Path) -> bool:
+    """True if ``run_dir`` has the marker, False if it is missing or empty (its lock file
+    aside); else a CheckpointError that lists what it holds."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} is a file; use another --run-dir")
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    if MARKER_FILENAME in entries:
+        return True
+    if [e for e in entries if e != LOCK_FILENAME]:
+        raise CheckpointError(
+            f"{run_dir} was not made by unprune-jax (it has no {MARKER_FILENAME}) and is not "
+            f"empty: it holds {_listing(entries)}. Use a new or empty --run-dir (a run "
+            "directory of an older unprune-jax cannot be resumed: delete it yourself)")
+    return False
+
+
+def make_run_dir(path: PathLike) -> pathlib.Path:
+    """Creates run directory ``path`` with its marker, or accepts one that has it.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        json.JSONDecodeError: If the file is not valid JSON.
+        CheckpointError: If ``path`` is a file or a non-empty directory without the marker.
     """
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    run_dir = pathlib.Path(path)
+    if not _is_run_dir(run_dir):
+        save_json(run_dir / MARKER_FILENAME, {"format": "unprune_jax.run", "files": {}})
+    return run_dir
 
 
-# --------------------------------------------------------------------------
-# Stage paths
-# --------------------------------------------------------------------------
+def save_run_json(run_dir: PathLike, name: str, obj: Any) -> pathlib.Path:
+    """Writes ``run_dir/name`` as JSON and records its SHA-256 in the marker, so that
+    :func:`load_run_json` refuses it once edited, replaced or deleted."""
+    run_dir = make_run_dir(run_dir)
+    marker, data = _read_marker(run_dir), _json_bytes(obj)
+    _atomic_write(run_dir / name, data)
+    marker["files"][name] = _sha256(data)
+    save_json(run_dir / MARKER_FILENAME, marker)
+    return run_dir / name
+
+
+def load_run_json(run_dir: PathLike, name: str) -> Any:
+    """Reads ``run_dir/name`` as written by :func:`save_run_json`; None if it is absent and
+    was never written.
+
+    Raises:
+        CheckpointError: If the file changed or went missing since the run wrote it, or is
+            there without a record (put there by hand).
+    """
+    path = pathlib.Path(run_dir, name)
+    recorded = _read_marker(path.parent)["files"].get(name)
+    if not path.exists():
+        if recorded is None:
+            return None
+        raise CheckpointError(f"{path} was written by this run and is missing now; {_REDO}")
+    if recorded is None:
+        raise CheckpointError(f"{path} was not written by this run (no checksum for it in "
+                              f"{MARKER_FILENAME}); delete it, or {_REDO}")
+    data = path.read_bytes()
+    if _sha256(data) != recorded:
+        raise CheckpointError(f"{path} was changed after this run wrote it (SHA-256 "
+                              f"{_sha256(data)[:12]}, recorded {recorded[:12]}) and the stages "
+                              f"depend on it: undo the edit, or {_REDO}")
+    return _parse_json(path, data)
+
+
+_HELD: dict[str, list] = {}  # realpath -> [open lock file, depth]: the locks this process holds
+_HELD_GUARD = threading.Lock()
+
+
+def _acquire(run_dir: pathlib.Path, command: str | None):
+    f = open(run_dir / LOCK_FILENAME, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        try:
+            h = json.loads(f.read())
+            holder = f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+        except (ValueError, TypeError, KeyError):
+            holder = "it has not written its name yet"
+        f.close()
+        raise CheckpointError(f"{run_dir} is in use by another unprune-jax process ({holder}); "
+                              "wait for it to end, or use another --run-dir") from None
+    f.truncate(0)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started,
+                        "command": command or " ".join(sys.argv)}) + "\n")
+    f.flush()
+    return f
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: PathLike, command: str | None = None, *,
+                 fresh: bool = False) -> Iterator[pathlib.Path]:
+    """Holds an exclusive lock on a run directory, made with its marker if needed.
+
+    The lock is ``fcntl.flock`` on ``run_dir/.unprune_jax.lock``, which names the holder (pid,
+    host, start time, ``command``: default ``sys.argv``). The OS releases it when the process
+    ends, however (``kill -9`` too), so a rerun never meets a stale lock. Nested calls for one
+    directory in one process share the lock.
+
+    Args:
+        run_dir: The run directory.
+        command: What the holder runs, for another process's error message.
+        fresh: Empty the directory once the lock is held; only a directory with the marker,
+            or an empty one, is emptied.
+
+    Yields:
+        ``run_dir`` as a Path.
+
+    Raises:
+        CheckpointError: If another process holds the lock (it is named), or ``run_dir`` is a
+            file or a non-empty directory without the marker (nothing is written then).
+    """
+    run_dir = pathlib.Path(run_dir)
+    _is_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(run_dir)
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held and fresh:
+            raise CheckpointError(f"{run_dir} is in use by this process: it cannot be emptied")
+        held = _HELD[key] = held or [_acquire(run_dir, command), 0]
+        held[1] += 1
+    try:
+        if fresh:
+            for p in run_dir.iterdir():
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.name != LOCK_FILENAME:
+                    p.unlink()
+        yield make_run_dir(run_dir)
+    finally:
+        with _HELD_GUARD:
+            held[1] -= 1
+            if not held[1]:
+                del _HELD[key]
+                held[0].truncate(0)
+                held[0].close()  # releases the flock
+
+
+def with_run_dir_lock(fn):
+    """Decorator: ``fn(..., run_dir, ...)`` runs inside ``lock_run_dir(run_dir)``."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with lock_run_dir(signature.bind(*args, **kwargs).arguments["run_dir"]):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+# --- stages ----------------------------------------------------------------------------------
 
 
 def stage_dir(run_dir: PathLike, name: str) -> pathlib.Path:
-    """Returns the directory of stage ``name``: ``run_dir/stages/<name>``.
-
-    Args:
-        run_dir: Root directory of the run.
-        name: Stage name; ``/`` separates nested directories (``"unlearn/FT"``).
-
-    Returns:
-        The stage directory (it may not exist).
+    """``run_dir/stages/<name>``; ``/`` in ``name`` nests directories (``unlearn/FT``).
 
     Raises:
-        ValueError: If ``name`` is empty, absolute, contains ``.``/``..``/empty
-            components or backslashes, or uses a reserved file name
-            (``arrays``, ``meta.json``, ``structure.json``) as a component.
+        ValueError: If a component of ``name`` is empty, ``.``, ``..``, has a backslash or
+            Orbax's temporary-directory suffix.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"stage name must be a non-empty string, got {name!r}")
-    parts = name.split("/")
-    if "\\" in name or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid stage name {name!r}: use relative '/'-separated components without '.' or '..'")
-    if _RESERVED_NAMES.intersection(parts):
-        raise ValueError(f"invalid stage name {name!r}: components {sorted(_RESERVED_NAMES)} are reserved")
+    parts = str(name).split("/")
+    if any(p in ("", ".", "..") or "\\" in p or _TMP_SUFFIX in p for p in parts):
+        raise ValueError(f"invalid stage name {name!r}: use '/'-separated components, none "
+                         f"empty, '.', '..', with a backslash or {_TMP_SUFFIX!r}")
     return pathlib.Path(run_dir, STAGES_DIRNAME, *parts)
 
 
-def stage_done(run_dir: PathLike, name: str) -> bool:
-    """Tells whether stage ``name`` finished, i.e. its ``meta.json`` exists.
+def _damaged(name: str, d: pathlib.Path, what: str) -> CheckpointError:
+    return CheckpointError(f"stage {name!r} at {d} is damaged: {what}. Delete {d} "
+                           f"(rm -r '{d}') to recompute it on the next run")
+
+
+def _short(e: BaseException) -> str:
+    text = (str(e).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+    return f"{type(e).__name__}: {text[:200]}"  # TensorStore errors carry pages of specs
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
+def _key_data(x):
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
+def _crc32(x) -> int:
+    return zlib.crc32(np.ascontiguousarray(_key_data(x)).view(np.uint8).reshape(-1))
+
+
+def _spec(path, leaf) -> list:
+    """``[shape, dtype]`` of a leaf that restores as a ``jax.Array`` of the same dtype."""
+    where = f"leaf {jax.tree_util.keystr(path)}"
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+        raise TypeError(f"{where} is a {type(leaf).__name__}, not an array (use jnp.asarray)")
+    if not _is_key(leaf) and jax.dtypes.canonicalize_dtype(leaf.dtype) != leaf.dtype:
+        raise TypeError(f"{where} is {leaf.dtype}, which jax holds as "
+                        f"{jax.dtypes.canonicalize_dtype(leaf.dtype)} (jax_enable_x64 is off)")
+    return [list(leaf.shape), str(leaf.dtype)]
+
+
+def _orbax(op: str, d: pathlib.Path, **items):
+    """``Checkpointer.save``/``restore`` of composite ``items`` at ``d``, one at a time."""
+    handlers = ocp.handlers.create_default_handler_registry(
+        state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
+        record=ocp.JsonCheckpointHandler())
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=handlers))
+    with _ORBAX_LOCK:
+        if op == "save":
+            return checkpointer.save(d.absolute(), args=ocp.args.Composite(**items), force=True)
+        return checkpointer.restore(d.absolute(), args=ocp.args.Composite(**items))
+
+
+def _read(d: pathlib.Path, name: str, **items) -> dict:
+    try:
+        return _orbax("restore", d, **items)
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise bare Exception/ValueError
+        raise _damaged(name, d, f"Orbax cannot read its {' and '.join(sorted(items))} "
+                                f"({_short(e)})") from None
+
+
+def _record(run_dir: PathLike, name: str, fingerprint: str | None) -> dict | None:
+    """Finished stage ``name``'s record (None if there is none), checked (name, fingerprint)."""
+    d = stage_dir(run_dir, name)
+    if not d.exists():
+        files = [p for p in d.parents if p.exists() and not p.is_dir()]
+        if files:
+            raise _damaged(name, d, f"{files[0]} is a file, not a directory")
+        return None
+    if not d.is_dir():
+        raise _damaged(name, d, "it is a file, not a stage directory")
+    if not (d / "record").is_dir():
+        raise _damaged(name, d, f"{d / 'record'} is missing (a stage of an older unprune-jax?)")
+    record = _read(d, name, record=ocp.args.JsonRestore())["record"]
+    if not (isinstance(record, dict) and record.get("version") == _STAGE_VERSION
+            and {"stage", "fingerprint", "meta_sha256", "leaves"} <= set(record)):
+        raise _damaged(name, d, f"{d / 'record'} is not a stage record of this unprune-jax")
+    if record["stage"] != name:
+        raise _damaged(name, d, f"it holds stage {record['stage']!r} (copied over this one?)")
+    if fingerprint is not None and record["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"stage {name!r} at {d} has fingerprint {str(record['fingerprint'])[:12]}, expected "
+            f"{fingerprint[:12]}: this stage was made by another config/split/input; {_REDO} "
+            f"(or delete {d} to recompute it)")
+    return record
+
+
+def stage_done(run_dir: PathLike, name: str, fingerprint: str | None = None) -> bool:
+    """Tells whether stage ``name`` finished (its checkpoint is in place under its final name).
 
     Args:
-        run_dir: Root directory of the run.
-        name: Stage name, e.g. ``"train"`` or ``"unlearn/FT"``.
-
-    Returns:
-        True iff the stage was saved completely. A directory without
-        ``meta.json`` (interrupted save) counts as not done.
-    """
-    return (stage_dir(run_dir, name) / META_FILENAME).is_file()
-
-
-def _corrupt(d: pathlib.Path, what: str) -> CheckpointError:
-    return CheckpointError(
-        f"Checkpoint of stage at {d} is unusable: {what}. "
-        f"Delete that directory (rm -r '{d}') to recompute the stage on the next run."
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, _RestoreFailed) else f"{type(exc).__name__}: {exc}"
-    text = text.splitlines()[0] if text else text
-    return text if len(text) <= _MAX_CAUSE_CHARS else text[:_MAX_CAUSE_CHARS] + " ..."
-
-
-def _clear_stage_dir(d: pathlib.Path) -> None:
-    """Empties ``d`` but keeps nested stage dirs (e.g. ``unlearn/FT`` in ``unlearn``)."""
-    for child in d.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            if child.name != _ARRAYS_DIRNAME and any(child.rglob(META_FILENAME)):
-                continue  # Holds another (nested) stage: not ours to delete.
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-# --------------------------------------------------------------------------
-# Orbax wrappers (the only Orbax-dependent code)
-# --------------------------------------------------------------------------
-
-
-def _orbax_save(directory: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    """Saves a flat dict of host arrays with Orbax and waits for completion."""
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory.absolute(), arrays)
-        ckptr.wait_until_finished()
-
-
-def _orbax_restore(directory: pathlib.Path, target: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Restores a flat dict of arrays; ``np.ndarray`` targets (only their shape
-    and dtype are used) come back as numpy arrays in host memory.
+        run_dir: The run directory.
+        name: Stage name, e.g. ``"prune"`` or ``"unlearn/FT"``.
+        fingerprint: What the stage must have been made from; None skips that check.
 
     Raises:
-        _RestoreFailed: If Orbax/TensorStore cannot read the checkpoint.
+        CheckpointError: If the stage is there but damaged, holds another stage, or has
+            another fingerprint.
     """
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(directory.absolute(), target)
-    except Exception as e:  # TensorStore raises bare ValueError/Exception.
-        # Keep only text: the traceback would keep Orbax's orphaned coroutines alive.
-        error = f"{type(e).__name__}: {e}"
-    logger.debug("Orbax restore of %s failed: %s", directory, error)
-    _drop_orphaned_reads()
-    raise _RestoreFailed(error)
+    return _record(run_dir, name, fingerprint) is not None
 
 
-class _RestoreFailed(Exception):
-    """Orbax could not read the arrays; carries the error text only."""
-
-
-def _drop_orphaned_reads() -> None:
-    """Collects the read coroutines Orbax abandons when one array read fails.
-
-    Orbax (0.12) runs all reads in a private event loop and closes it on the
-    first error; the other coroutines are left pending and, when garbage
-    collected at some later point, print "Exception ignored in: <coroutine
-    _read_array_index_and_device_put>" or log "Task exception was never
-    retrieved", each with a full TensorStore spec. Collect
-    them now with the unraisable hook silenced, after a short pause in which
-    in-flight TensorStore reads complete (their callbacks into the closed loop
-    would otherwise report "Event loop is closed"). Best effort: a read that
-    takes longer can still print one of these harmless messages later.
-    """
-    asyncio_logger = logging.getLogger("asyncio")  # "Task exception was never retrieved"
-    previous_hook, previous_disabled = sys.unraisablehook, asyncio_logger.disabled
-    sys.unraisablehook, asyncio_logger.disabled = (lambda unraisable: None), True
-    try:
-        time.sleep(_ORPHAN_SETTLE_S)  # Let in-flight TensorStore reads finish.
-        gc.collect()
-    finally:
-        sys.unraisablehook, asyncio_logger.disabled = previous_hook, previous_disabled
-
-
-# --------------------------------------------------------------------------
-# Save / load
-# --------------------------------------------------------------------------
-
-
-def _is_key_dtype(dtype: Any) -> bool:
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _default_device() -> jax.Device:
-    """The device jax puts new arrays on (honours ``jax_default_device``)."""
-    device = jax.config.jax_default_device
-    if isinstance(device, str):  # A platform name such as "cpu".
-        return jax.devices(device)[0]
-    return device if device is not None else jax.devices()[0]
-
-
-def _crc32(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-
-
-def _pack_bits(a: np.ndarray) -> np.ndarray:
-    """A bool array as ``uint8[ceil(a.size / 8)]``: 8 elements per byte, C order, big-endian bits."""
-    return np.packbits(np.ascontiguousarray(a).reshape(-1))
-
-
-def _unpack_bits(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`_pack_bits`: the bool array of ``shape`` (the padding bits are dropped)."""
-    size = int(np.prod(shape, dtype=np.int64))
-    return np.unpackbits(packed, count=size).astype(np.bool_).reshape(shape)
-
-
-def _leaf_shape_dtype(leaf: Any) -> tuple[tuple[int, ...], Any]:
-    if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)):
-        return tuple(leaf.shape), leaf.dtype
-    a = np.asarray(leaf)
-    return a.shape, a.dtype
-
-
-# Orbax keeps process-wide state (its async machinery, temporary directories); the sweep saves
-# stages from several threads at once, so saves and loads take turns.
-_ORBAX_LOCK = threading.RLock()
-
-
-def _serialised(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _ORBAX_LOCK:
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-@_serialised
-def save_stage(run_dir: PathLike, name: str, tree: Any, meta: dict) -> pathlib.Path:
-    """Saves the result of a pipeline stage.
-
-    Writes ``tree`` with Orbax under ``run_dir/stages/<name>/``, then
-    ``meta.json`` last and atomically, so the stage counts as finished only
-    once everything is on disk. An unfinished stage directory left by an
-    interrupted run is cleared first. Re-saving a finished stage overwrites it
-    (its ``meta.json`` is removed first, so a crash in between leaves it
-    unfinished rather than inconsistent).
+def save_stage(run_dir: PathLike, name: str, tree: Any, meta: Mapping,
+               fingerprint: str | None = None) -> pathlib.Path:
+    """Saves a stage (pytree, metadata, record) as one Orbax checkpoint; replaces a finished one.
 
     Args:
-        run_dir: Root directory of the run.
-        name: Stage name; ``/`` creates nested directories (``"unlearn/FT"``).
-        tree: Pytree whose leaves are arrays: jax or numpy arrays, numpy or
-            Python scalars, bool/int/float/uint32 PRNG key data, or typed
-            ``jax.random.key`` arrays. Containers may be dicts, lists, tuples,
-            NamedTuples (optax states), ``flax.struct`` dataclasses or any
-            registered pytree node.
-        meta: JSON-able dict (metrics, timings, config); numpy values are
-            converted as in :func:`save_json`.
+        run_dir: The run directory.
+        name: Stage name; ``/`` nests directories.
+        tree: Pytree of jax or numpy arrays (typed PRNG keys too) in any registered containers
+            (dicts, ``flax.struct`` dataclasses, optax states, None).
+        meta: JSON-able dict (numpy values are converted).
+        fingerprint: What produced the stage (:func:`fingerprint`), checked on load.
 
     Returns:
         The stage directory.
 
     Raises:
-        TypeError: If ``meta`` is not a JSON-able dict or a leaf is not an
-            array (e.g. a string or object array). Checked before anything is
-            written.
-        ValueError: If ``name`` is invalid (see :func:`stage_dir`).
+        TypeError: If ``meta`` is not a JSON-able dict or a leaf not an array (before writing).
+        CheckpointError: If a damaged stage or a file is in the stage's place.
     """
     d = stage_dir(run_dir, name)
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
-    meta_json = _to_jsonable(meta)  # Fail before the (possibly slow) save.
-
-    leaves_with_path, _ = jax.tree_util.tree_flatten_with_path(tree)
-    arrays: dict[str, np.ndarray] = {}
-    entries: list[dict[str, Any]] = []
-    for i, (path, leaf) in enumerate(leaves_with_path):
-        keystr = jax.tree_util.keystr(path)
-        entry: dict[str, Any] = {"path": keystr}
-        shape, dtype = _leaf_shape_dtype(leaf)
-        if _is_key_dtype(dtype):
-            entry["key_impl"] = str(jax.random.key_impl(leaf))
-            leaf = jax.random.key_data(leaf)
-        host = np.asarray(leaf)
-        if host.dtype.kind in "OUSMm" or host.dtype.fields is not None:
-            raise TypeError(
-                f"leaf {keystr} of type {type(leaf).__name__} with dtype {host.dtype} is not an array of numbers"
-            )
-        crc = _crc32(host)  # Of the leaf as the caller sees it, before any packing.
-        if host.dtype == np.bool_ and host.size > 0:
-            entry["packing"] = _PACKED_BITS
-            entry["unpacked_shape"] = list(host.shape)
-            host = _pack_bits(host)
-        entry.update(shape=list(shape), dtype=str(dtype), data_shape=list(host.shape), data_dtype=str(host.dtype))
-        entry["crc32"] = crc
-        arrays[f"{i:06d}"] = host
-        entries.append(entry)
-
-    meta_path = d / META_FILENAME
-    if meta_path.exists():
-        logger.info("Overwriting finished stage %s", d)
-        meta_path.unlink()
-    if d.exists():
-        logger.info("Clearing unfinished stage directory %s", d)
-        _clear_stage_dir(d)
-    d.mkdir(parents=True, exist_ok=True)
-
-    if arrays:  # Orbax is not asked to save an empty tree.
-        _orbax_save(d / _ARRAYS_DIRNAME, arrays)
-    save_json(d / _STRUCTURE_FILENAME, {"format": _FORMAT, "version": _FORMAT_VERSION, "leaves": entries})
-    _atomic_write_text(meta_path, json.dumps(meta_json, indent=2) + "\n")
+    meta = json.loads(_json(meta))
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    record = {
+        "version": _STAGE_VERSION, "stage": name, "fingerprint": fingerprint,
+        "meta_sha256": _sha256(_json(meta, sort_keys=True).encode()),
+        "leaves": [[jax.tree_util.keystr(p), *_spec(p, x), _crc32(x)] for p, x in leaves],
+    }
+    items = {"record": ocp.args.JsonSave(record), "meta": ocp.args.JsonSave(meta)}
+    if leaves:  # Orbax refuses an item without arrays
+        items["state"] = ocp.args.StandardSave(tree)
+    _record(run_dir, name, None)  # refuses to overwrite what is not a sound stage
+    _orbax("save", d, **items)
     return d
 
 
-def load_meta(run_dir: PathLike, name: str) -> dict:
-    """Reads the ``meta.json`` of a finished stage.
-
-    Args:
-        run_dir: Root directory of the run.
-        name: Stage name.
-
-    Returns:
-        The metadata dict passed to :func:`save_stage` (after JSON conversion:
-        tuples became lists, numpy values Python values).
-
-    Raises:
-        FileNotFoundError: If the stage is missing or unfinished.
-        CheckpointError: If ``meta.json`` is unparsable or not a JSON object.
-    """
-    d = stage_dir(run_dir, name)
-    path = d / META_FILENAME
-    if not path.is_file():
-        state = "is unfinished (no meta.json)" if d.exists() else "does not exist"
-        raise FileNotFoundError(f"Stage {name!r} at {d} {state}: {path} not found")
-    try:
-        meta = load_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(d, f"{path.name} is not valid JSON ({_short(e)})") from e
-    if not isinstance(meta, dict):
-        raise _corrupt(d, f"{path.name} holds a {type(meta).__name__}, expected a JSON object")
+def _checked_meta(d: pathlib.Path, name: str, record: dict, meta: Any) -> dict:
+    if _sha256(_json(meta, sort_keys=True).encode()) != record["meta_sha256"]:
+        raise _damaged(name, d, f"its metadata ({d / 'meta'}) changed after it was saved")
     return meta
 
 
-def _read_structure(d: pathlib.Path) -> list[dict[str, Any]]:
-    path = d / _STRUCTURE_FILENAME
-    try:
-        structure = load_json(path)
-    except FileNotFoundError as e:
-        raise _corrupt(d, f"{path.name} is missing") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(d, f"{path.name} is not valid JSON ({_short(e)})") from e
-    if not isinstance(structure, dict) or structure.get("format") != _FORMAT:
-        raise _corrupt(d, f"{path.name} is not a {_FORMAT} structure file")
-    if structure.get("version") not in _READABLE_VERSIONS:
-        raise _corrupt(
-            d, f"{path.name} has format version {structure.get('version')!r}, expected one of {_READABLE_VERSIONS}"
-        )
-    leaves = structure.get("leaves")
-    required = ("path", "shape", "dtype", "data_shape", "data_dtype", "crc32")
-    if not isinstance(leaves, list) or not all(isinstance(e, dict) and all(k in e for k in required) for e in leaves):
-        raise _corrupt(d, f"{path.name} has a malformed leaf list")
-    return leaves
+def _finished(run_dir: PathLike, name: str, fingerprint: str | None) -> dict:
+    record = _record(run_dir, name, fingerprint)
+    if record is None:
+        raise FileNotFoundError(f"stage {name!r} is not finished: "
+                                f"{stage_dir(run_dir, name)} does not exist")
+    return record
 
 
-def _listing(items: list[str]) -> str:
-    shown = "; ".join(items[:_MAX_LISTED])
-    return shown + (f"; ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
-
-def _check_like(d: pathlib.Path, saved: list[dict[str, Any]], like_leaves: list[tuple[Any, Any]]) -> None:
-    """Raises CheckpointError unless ``like`` has the saved key paths, shapes and dtypes."""
-    saved_paths = [e["path"] for e in saved]
-    like_paths = [jax.tree_util.keystr(p) for p, _ in like_leaves]
-    if saved_paths != like_paths:
-        saved_set, like_set = set(saved_paths), set(like_paths)
-        missing = [p for p in saved_paths if p not in like_set]
-        extra = [p for p in like_paths if p not in saved_set]
-        what = f"tree structure differs from `like` ({len(saved_paths)} saved leaves vs {len(like_paths)} in like"
-        if missing:
-            what += f"; only in checkpoint: {_listing(missing)}"
-        if extra:
-            what += f"; only in like: {_listing(extra)}"
-        if not missing and not extra:
-            what += "; same key paths in a different order"
-        raise _corrupt(d, what + ")")
-    bad = []
-    for entry, (path, leaf) in zip(saved, like_leaves):
-        shape, dtype = _leaf_shape_dtype(leaf)
-        if list(shape) != list(entry["shape"]) or str(dtype) != entry["dtype"]:
-            bad.append(
-                f"{entry['path']}: saved {entry['dtype']}{tuple(entry['shape'])}, like {dtype}{tuple(shape)}"
-            )
-    if bad:
-        raise _corrupt(d, f"{len(bad)} leaves differ from `like` in shape or dtype: {_listing(bad)}")
-
-
-@_serialised
-def load_stage(run_dir: PathLike, name: str, like: Any) -> tuple[Any, dict]:
-    """Restores a finished stage, bit-exact, with the structure of ``like``.
-
-    ``like`` is the abstract target: a pytree with the structure that was
-    saved whose leaves are concrete arrays or ``jax.ShapeDtypeStruct`` (e.g.
-    from :func:`jax.eval_shape`). The result has exactly ``like``'s treedef
-    (dataclasses, NamedTuples, ... are rebuilt from it) and each leaf is
-    returned as:
-
-    * a ``jax.Array`` on the default device for ``jax.Array`` and
-      ``jax.ShapeDtypeStruct`` leaves (typed PRNG keys are re-wrapped);
-    * a ``np.ndarray`` for ``np.ndarray`` leaves, a numpy scalar for numpy
-      scalar leaves and a Python scalar for Python scalar leaves.
-
-    Every leaf is checked against the shape, dtype and CRC-32 recorded at save
-    time.
-
-    Args:
-        run_dir: Root directory of the run.
-        name: Stage name.
-        like: Pytree with the saved structure, shapes and dtypes.
-
-    Returns:
-        ``(tree, meta)``.
+def load_meta(run_dir: PathLike, name: str, fingerprint: str | None = None) -> dict:
+    """The metadata of finished stage ``name`` (as JSON gives it back: lists, not tuples).
 
     Raises:
-        FileNotFoundError: If the stage is missing or unfinished.
-        CheckpointError: If the checkpoint is corrupt (missing/truncated array
-            files, unparsable ``meta.json`` or ``structure.json``, checksum
-            mismatch) or does not match ``like`` (key paths, shapes, dtypes).
+        FileNotFoundError: If the stage is not finished.
+        CheckpointError: If it is damaged or has another fingerprint.
     """
-    d = stage_dir(run_dir, name)
-    meta = load_meta(run_dir, name)
-    saved = _read_structure(d)
+    record, d = _finished(run_dir, name, fingerprint), stage_dir(run_dir, name)
+    return _checked_meta(d, name, record, _read(d, name, meta=ocp.args.JsonRestore())["meta"])
+
+
+def load_stage(run_dir: PathLike, name: str, like: Any,
+               fingerprint: str | None = None) -> tuple[Any, dict]:
+    """Restores finished stage ``name`` bit-exactly into the structure of ``like``.
+
+    Args:
+        run_dir: The run directory.
+        name: Stage name.
+        like: The abstract target: the saved structure with arrays or ``jax.ShapeDtypeStruct``
+            leaves (only shapes and dtypes are used).
+        fingerprint: What the stage must have been made from; None skips that check.
+
+    Returns:
+        ``(tree, meta)``: ``tree`` has ``like``'s treedef and ``jax.Array`` leaves on the
+        default device (typed PRNG keys stay typed).
+
+    Raises:
+        FileNotFoundError: If the stage is not finished.
+        CheckpointError: If the stage is damaged (unreadable or truncated data, a CRC-32
+            mismatch, edited metadata), differs from ``like`` (the leaves' key paths, shapes
+            and dtypes are named), or has another fingerprint.
+    """
+    record, d = _finished(run_dir, name, fingerprint), stage_dir(run_dir, name)
     like_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    _check_like(d, saved, like_leaves)
+    saved = {path: (shape, dtype, crc) for path, shape, dtype, crc in record["leaves"]}
+    wanted = {jax.tree_util.keystr(p): _spec(p, x) for p, x in like_leaves}
+    problems = [f"only in the stage: {p}" for p in saved if p not in wanted]
+    problems += [f"only in like: {p}" for p in wanted if p not in saved]
+    problems += [f"{p}: saved {saved[p][1]}{tuple(saved[p][0])}, like {dtype}{tuple(shape)}"
+                 for p, (shape, dtype) in wanted.items()
+                 if p in saved and [shape, dtype] != list(saved[p][:2])]
+    if problems:
+        raise CheckpointError(f"stage {name!r} at {d} does not match the requested structure "
+                              f"({len(problems)} differences: {_listing(problems)})")
+    items = {"meta": ocp.args.JsonRestore()}
+    if like_leaves:
+        device = jax.sharding.SingleDeviceSharding(_default_device())
+        items["state"] = ocp.args.StandardRestore(
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like))
+    restored = _read(d, name, **items)
+    leaves = jax.tree.leaves(restored["state"]) if like_leaves else []
+    for (path, _), x in zip(like_leaves, leaves, strict=True):
+        if _crc32(x) != saved[jax.tree_util.keystr(path)][2]:
+            raise _damaged(name, d, f"leaf {jax.tree_util.keystr(path)} fails its CRC-32 check "
+                                    f"(the data in {d / 'state'} changed)")
+    meta = _checked_meta(d, name, record, restored["meta"])
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta
 
-    # Everything is read into host memory (numpy targets), checksummed there and
-    # only then put on the device: no device->host copy for the CRC check.
-    target = {
-        f"{i:06d}": np.empty(tuple(entry["data_shape"]), np.dtype(jnp.dtype(entry["data_dtype"])))
-        for i, entry in enumerate(saved)
-    }
 
-    restored: dict[str, Any] = {}
-    if target:
-        arrays_dir = d / _ARRAYS_DIRNAME
-        if not arrays_dir.is_dir():
-            raise _corrupt(d, f"array directory {arrays_dir.name}/ is missing")
-        try:
-            restored = _orbax_restore(arrays_dir, target)
-        except _RestoreFailed as e:
-            raise _corrupt(d, f"Orbax could not restore the arrays ({_short(e)})") from None
-        if not isinstance(restored, Mapping) or set(restored) != set(target):
-            raise _corrupt(d, "Orbax returned a different set of arrays than was saved")
-
-    device = _default_device()
-    out = []
-    for i, (entry, (_, leaf)) in enumerate(zip(saved, like_leaves)):
-        host = np.asarray(restored[f"{i:06d}"])
-        if list(host.shape) != list(entry["data_shape"]) or str(host.dtype) != entry["data_dtype"]:
-            raise _corrupt(
-                d,
-                f"leaf {entry['path']} restored as {host.dtype}{host.shape}, "
-                f"saved {entry['data_dtype']}{tuple(entry['data_shape'])}",
-            )
-        packing = entry.get("packing")
-        if packing is not None:
-            shape = tuple(entry.get("unpacked_shape", ()))
-            n_bytes = -(-int(np.prod(shape, dtype=np.int64)) // 8)
-            if packing != _PACKED_BITS or host.dtype != np.uint8 or host.shape != (n_bytes,):
-                raise _corrupt(
-                    d,
-                    f"leaf {entry['path']} has packing {packing!r} with data {host.dtype}{host.shape}; "
-                    f"expected {_PACKED_BITS!r} with uint8({n_bytes},) for a bool array of shape {shape}",
-                )
-            host = _unpack_bits(host, shape)
-        if _crc32(host) != entry["crc32"]:
-            raise _corrupt(d, f"leaf {entry['path']} fails its CRC-32 check (array data corrupted)")
-        if "key_impl" in entry:
-            value = jax.random.wrap_key_data(jax.device_put(host, device), impl=entry["key_impl"])
-        elif isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):
-            value = jax.device_put(host, device)
-        elif isinstance(leaf, np.ndarray):
-            value = host
-        elif isinstance(leaf, np.generic):
-            value = host[()]
-        else:
-            value = host.item()  # Python scalar in `like`.
-        out.append(value)
-    return jax.tree_util.tree_unflatten(treedef, out), meta
+def _default_device() -> jax.Device:
+    """The device jax puts new arrays on (honours ``jax_default_device``)."""
+    device = jax.config.jax_default_device
+    if isinstance(device, str):
+        return jax.devices(device)[0]
+    return device if device is not None else jax.devices()[0]

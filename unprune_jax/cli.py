@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import logging
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -100,12 +99,12 @@ def _run_log(run_dir: Path, command: str):
         handler.close()
 
 
-def _prepare_run_dir(path: str, fresh: bool) -> Path:
-    run_dir = Path(path)
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+def _prepare_run_dir(path: str, fresh: bool, command: str):
+    """A context holding the run directory's lock (made, with its marker, if new); ``fresh``
+    empties it first, but only a directory unprune-jax made (see ``checkpoint.lock_run_dir``)."""
+    from .checkpoint import lock_run_dir
+
+    return lock_run_dir(Path(path), command, fresh=fresh)
 
 
 # --- subcommands ------------------------------------------------------------------------------
@@ -116,8 +115,9 @@ def _cmd_run(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.override)
-    run_dir = _prepare_run_dir(args.run_dir, args.fresh)
-    with _run_log(run_dir, f"run: {' '.join(args.argv)}") as say:
+    command = f"run: {' '.join(args.argv)}"
+    with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
+          _run_log(run_dir, command) as say):
         pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say)
     return 0
 
@@ -127,8 +127,9 @@ def _cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
     cfg = load_config(args.config, args.override)
-    run_dir = _prepare_run_dir(args.run_dir, args.fresh)
-    with _run_log(run_dir, f"sweep: {' '.join(args.argv)}") as say:
+    command = f"sweep: {' '.join(args.argv)}"
+    with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
+          _run_log(run_dir, command) as say):
         run_sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
                   strategy=args.strategy, progress=not args.no_progress, say=say)
     return 0
@@ -347,6 +348,13 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"unprune-jax: error: {e}", file=sys.stderr)
+        return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        what = {PermissionError: "permission denied (a read-only file or directory?)",
+                NotADirectoryError: "a part of this path is a file, not a directory",
+                IsADirectoryError: "it is a directory, not a file",
+                FileExistsError: "it exists and is not a directory"}[type(e)]
+        print(f"unprune-jax: error: cannot use {e.filename or e}: {what}", file=sys.stderr)
         return 2
 
 

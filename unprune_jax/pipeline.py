@@ -75,17 +75,27 @@ class Context:
         return unlearn_lib.UnlearnTask(self.apply_fn, self.tx, self.dataset, self.split.retain,
                                        self.split.forget, self.init, trainer=self.trainer)
 
+    def fingerprint(self, name: str) -> str:
+        """What stage ``name`` is a function of: the resolved config and methods, the split's
+        index arrays and the stage's name. A stage saved with another fingerprint is refused
+        (``ckpt.CheckpointError``), so a copied or stale stage can never pass for this one."""
+        split = self.split
+        return ckpt.fingerprint(*_resolved(self.cfg),
+                                [split.train, split.val, split.test, split.forget], name)
+
     def done(self, name: str) -> bool:
-        return self.run_dir is not None and ckpt.stage_done(self.run_dir, name)
+        return self.run_dir is not None and ckpt.stage_done(
+            self.run_dir, name, fingerprint=self.fingerprint(name))
 
     def load(self, name: str, like):
-        tree, meta = ckpt.load_stage(self.run_dir, name, like)
+        tree, meta = ckpt.load_stage(self.run_dir, name, like,
+                                     fingerprint=self.fingerprint(name))
         self.say(f"[{name}] finished earlier, loaded")
         return tree, meta
 
     def save(self, name: str, tree, meta: dict) -> None:
         if self.run_dir is not None:
-            ckpt.save_stage(self.run_dir, name, tree, meta)
+            ckpt.save_stage(self.run_dir, name, tree, meta, fingerprint=self.fingerprint(name))
         self.say(f"[{name}] done in {meta['seconds']:.1f} s")
 
     def stage(self, name: str, like, compute: Callable[[], tuple[Any, dict]]):
@@ -112,23 +122,25 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
     ``run_dir`` None builds an in-memory context (experiment scripts): nothing is saved.
     """
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = ckpt.make_run_dir(run_dir)
         _check_same_config(cfg, run_dir)
     d = cfg.data
     dataset = load_dataset(d.name, d.data_dir) if dataset is None else dataset
-    split_path = None if run_dir is None else run_dir / "split.json"
-    if split_path is not None and split_path.exists():
-        split = Split.from_dict(ckpt.load_json(split_path))
-        validate_split(split, len(dataset))
+    saved_split = None if run_dir is None else ckpt.load_run_json(run_dir, "split.json")
+    if saved_split is not None:
+        try:
+            split = Split.from_dict(saved_split)
+            validate_split(split, len(dataset))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{run_dir / 'split.json'} is not a valid split: {e}") from None
     else:
         split = make_split(
             dataset, seed=d.seed, train_size=d.train_size, val_size=d.val_size,
             test_size=d.test_size, forget_fraction=d.forget_fraction,
             forget_classes=d.forget_classes,
         )
-        if split_path is not None:
-            ckpt.save_json(split_path, split.to_dict())
+        if run_dir is not None:
+            ckpt.save_run_json(run_dir, "split.json", split.to_dict())
     model = get_model(cfg.model.name, dataset.num_classes, **cfg.model.kwargs)
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
@@ -146,18 +158,22 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
                    trainer, say)
 
 
+def _resolved(cfg: Config) -> tuple[dict, dict]:
+    """The config and every method's resolved settings, as JSON gives them back."""
+    methods = {m: dataclasses.asdict(cfg.method_config(m)) for m in cfg.unlearn.methods}
+    return json.loads(json.dumps(cfg.to_dict())), json.loads(json.dumps(methods))
+
+
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
     """Saves the resolved config, or refuses a run directory that holds another one.
 
     ``methods.json`` holds every method's resolved settings (registry defaults, per-dataset
     hyperparameters, overrides), so a change of defaults cannot slip into a resumed run either.
+    Both are checksummed (``ckpt.save_run_json``): an edited or deleted one is refused.
     """
-    methods = {m: dataclasses.asdict(cfg.method_config(m)) for m in cfg.unlearn.methods}
-    for name, new in (("config.json", cfg.to_dict()), ("methods.json", methods)):
-        path = run_dir / name
-        new = json.loads(json.dumps(new))  # tuples → lists, as saved
-        if path.exists():
-            old = json.loads(path.read_text())
+    for name, new in zip(("config.json", "methods.json"), _resolved(cfg)):
+        old = ckpt.load_run_json(run_dir, name)
+        if old is not None:
             if old != new:
                 diff = sorted(_diff_keys(old, new))
                 raise ValueError(
@@ -165,7 +181,7 @@ def _check_same_config(cfg: Config, run_dir: Path) -> None:
                     f"use another --run-dir, or --fresh to discard it"
                 )
         else:
-            ckpt.save_json(path, new)
+            ckpt.save_run_json(run_dir, name, new)
 
 
 def _diff_keys(a, b, prefix=""):
@@ -497,9 +513,13 @@ def run_contexts(ctxs: Sequence[Context]) -> list[dict]:
     return out
 
 
+@ckpt.with_run_dir_lock
 def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
         dataset: Dataset | None = None, trainer: Trainer | None = None) -> dict:
-    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON."""
+    """Runs (or resumes) the whole pipeline; returns the results dict also saved as JSON.
+
+    The run holds ``run_dir``'s lock (``ckpt.lock_run_dir``): a second process gets an error
+    naming the holder."""
     ctx = build_context(cfg, run_dir, progress=progress, say=say, dataset=dataset,
                         trainer=trainer)
     return run_contexts([ctx])[0]

@@ -11,6 +11,7 @@ un-pruned, batched over the variant's seeds) and evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ def variants(cfg: Config, *, forget_fractions: Sequence[float] | None = None,
     return out
 
 
+@ckpt.with_run_dir_lock
 def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=None,
               strategy: str = "auto", progress: bool = True,
               say: Callable[[str], None] = print) -> dict:
@@ -61,7 +63,8 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
 
     Each variant runs in ``run_dir/<label>`` (``forget0.05``, ``seed3``, ...) and is a complete,
     resumable pipeline run. ``strategy`` is how the batched loops run (``runs`` strategies).
-    Writes ``run_dir/sweep.json`` and ``sweep.md`` (every variant's rows in one table).
+    Writes ``run_dir/sweep.json`` and ``sweep.md`` (every variant's rows in one table). The
+    sweep holds ``run_dir``'s lock, each variant its own directory's.
     """
     trainer = Trainer(strategy=strategy, progress=progress)
     vs = variants(cfg, forget_fractions=forget_fractions, seeds=seeds)
@@ -74,9 +77,12 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
     def tagged(label: str) -> Callable[[str], None]:
         return lambda msg: say("\n".join(f"[{label}] {line}" for line in str(msg).splitlines()))
 
-    ctxs = [pipeline.build_context(vcfg, run_dir / label, say=tagged(label), dataset=dataset,
-                                   trainer=trainer) for label, vcfg in vs]
-    results = dict(zip((label for label, _ in vs), pipeline.run_contexts(ctxs)))
+    with contextlib.ExitStack() as held:
+        for label, _ in vs:
+            held.enter_context(ckpt.lock_run_dir(run_dir / label))
+        ctxs = [pipeline.build_context(vcfg, run_dir / label, say=tagged(label),
+                                       dataset=dataset, trainer=trainer) for label, vcfg in vs]
+        results = dict(zip((label for label, _ in vs), pipeline.run_contexts(ctxs)))
     rows = [{"variant": label, **{k: v for k, v in row.items() if k != "mask_metrics"}}
             for label, _ in vs for row in results[label]["rows"]]
     summary = {
