@@ -333,6 +333,7 @@ def test_report_on_pytrees_is_json_and_reads_as_a_table():
                   "its random control", "beyond its control", "leave-one-pair-out LLR",
                   "data-quantity side"):
         assert words in table
+    assert "smallest possible p-value is 1/8: no difference can be significant" in table
     with pytest.raises(ValueError, match=r"controls \['other'\] name no candidate"):
         T.topology_report(orig, gold, prunable, {"random": rand}, controls={"other": rand})
     with pytest.raises(ValueError, match="4 original masks, 3 candidate 'short' masks"):

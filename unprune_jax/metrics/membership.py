@@ -19,16 +19,16 @@ mask away from its own side. Reported:
   95% of the AUC when the side labels are swapped at random within pairs (every split refits
   the whole leave-one-pair-out test; ``metrics.topology.lopo_auc``), and ``auc_p_value``
   (one-sided). Read the AUC against that interval, never against 0.5 alone. Measured on
-  synthetic Bernoulli masks (``benchmarks/bench_topology.py --validate``; ``topology
-  .synthetic_sides``, 4,000 or 40,000 units, density 0.1, 150 repetitions): the AUC is exactly
-  symmetric in the two sides (swapping original and gold gives the same AUC); equal-density
-  sides of unequal dispersion (keep probabilities of one side near 0 and 1, the other's
-  flatter) are separated perfectly (AUC 1.0 in every repetition), not pushed below 0.5; and with
-  no difference at all, seed pairs drawn independently, the AUC has standard deviation 0.18 to
-  0.20 at S = 8 and 0.29 to 0.31 at S = 3 (smaller when a pair's masks are alike: 0.14 at S = 8
-  with half the entries drawn alike), and falls at or below 0.16 in 3% of draws at S = 8. So an
-  AUC well below 0.5 (SFP, 8 seeds: 0.16) is within chance, not a sign that one side is "more
-  diverse": that reading, once given here, does not hold.
+  synthetic Bernoulli masks (``python benchmarks/bench_topology.py --validate --reps 500
+  --coupling 0.0``: ``topology.synthetic_sides``, 4,000 units, density 0.1, seed pairs drawn
+  independently, 500 repetitions): the AUC is exactly symmetric in the two sides (swapping
+  original and gold gives the same AUC); equal-density sides of unequal dispersion (one side's
+  keep probabilities near 0 and 1, the other's flatter) are separated perfectly (AUC 1.0 in
+  every repetition), not pushed below 0.5; and with no difference at all the AUC has standard
+  deviation 0.20 at S = 8 and 0.30 at S = 3 (0.15 and 0.25 when half of a pair's entries are
+  drawn alike, ``--coupling 0.5``), falls at or below 0.33 in 19% and at or below 0.16 in 4% of
+  draws at S = 8. So readings such as 0.33 (OMP, 8 seeds) or 0.16 (SFP) are within chance, not
+  a sign that one side is "more diverse": that reading, once given here, does not hold.
 - for each candidate mask, its LLR on a normalised scale: 0 = the original side's mean, 1 = the
   gold side's mean. It is *not* a distance travelled: any change of a mask moves it, random ones
   included (random swaps of an original mask's entries move it toward the middle, or toward the

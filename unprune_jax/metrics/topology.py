@@ -938,6 +938,9 @@ def format_topology_table(report: dict) -> str:
             f"{q['difference']:+.2e} (p {q['p_value']:.3f}; null {q['null_interval'][0]:+.1e}"
             f"…{q['null_interval'][1]:+.1e}); the quantity side sits at "
             f"{_ci(q['quantity_position'])} between original (0) and gold (1)")
+    if t["exact"] and 1 / t["splits"] > 1 - report["confidence"]:
+        lines.append(f"- with {s} seed pairs the smallest possible p-value is 1/{t['splits']}: "
+                     f"no difference can be significant; run more seeds (8 give 1/128)")
     if t["p_value"] > 1 - report["confidence"]:
         lines.append("- the sides are not told apart at this level: distances travelled "
                      "between them are not meaningful")
