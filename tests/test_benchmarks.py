@@ -183,3 +183,19 @@ def test_gpu_script_flags_parse():
         for flags in arrays[var]:
             for dev in arrays["DEV"]:
                 mod.parse_args(dev + flags)  # argparse exits on an unknown flag
+
+
+def test_bench_topology_tiny(capsys):
+    mod = _load("bench_topology")
+    res = mod.main(["--tiny"])
+    out = capsys.readouterr().out
+    timing = res["timing"]
+    assert timing["same_energy"] and timing["same_auc"]  # the naive nulls equal ours
+    for what in ("energy test, original vs gold", "LOPO LLR AUC with its null"):
+        (row,) = _table_rows(out, what)
+        assert row[-1] == "True" and row[3].endswith("×") and float(row[1]) > 0
+    assert "| mixture 50% gold |" in out
+    power = res["validation"]["power"]
+    assert {"energy, hamming", "energy, jaccard", "LOPO LLR AUC"} <= set(power)
+    assert all(0.0 <= r <= 1.0 for row in power.values() for r in row.values())
+    assert all(a["symmetric"] for a in res["validation"]["auc_null"].values())

@@ -42,3 +42,16 @@ def test_no_trace_gives_chance_auc():
 def test_too_few_masks_is_named():
     with pytest.raises(ValueError, match="at least 2 seed pairs, got 1 original"):
         membership.topology_membership([m(1, 0)], [m(0, 1), m(0, 1)], None)
+
+
+def test_auc_comes_with_its_permutation_null():
+    """Every AUC gets the interval it would fall in by chance (labels swapped within pairs)."""
+    rng = np.random.default_rng(1)
+    masks = [m(*(rng.random(300) < 0.3)) for _ in range(8)]  # no difference between the sides
+    res = membership.topology_membership(masks[:4], masks[4:], None)
+    assert res["auc_splits"] == 8  # 2^(4−1) distinct splits, enumerated exactly
+    lo, hi = res["auc_null_interval"]
+    assert 0.0 <= lo < hi <= 1.0 and 0.0 < res["auc_p_value"] <= 1.0
+    assert res["auc_null_sd"] > 0
+    # the AUC is exactly symmetric in the two sides
+    assert membership.topology_membership(masks[4:], masks[:4], None)["auc"] == res["auc"]
