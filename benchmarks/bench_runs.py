@@ -36,7 +36,7 @@ from bench_train_step import OthersMeter, machine_lines, random_mask  # noqa: E4
 from unprune_jax import losses, optim, runs  # noqa: E402
 from unprune_jax.data import Dataset  # noqa: E402
 from unprune_jax.models import get_model, init_model, make_apply_fn  # noqa: E402
-from unprune_jax.train import Trainer, TrainConfig, TrainState, make_train_step  # noqa: E402
+from unprune_jax.train import TrainConfig, Trainer, TrainState, make_train_step  # noqa: E402
 
 SHAPES = {"small_cnn": (28, 28, 1), "mlp": (28, 28, 1), "resnet18": (32, 32, 3)}
 # (label, strategy, scan_epoch)

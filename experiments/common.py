@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 

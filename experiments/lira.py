@@ -50,8 +50,7 @@ from unprune_jax.data import load_dataset
 from unprune_jax.metrics import mia
 from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.runs import stack, unstack
-from unprune_jax.train import fit_many
-from unprune_jax.train import TrainConfig, TrainState, make_train_step, predict
+from unprune_jax.train import TrainConfig, TrainState, fit_many, make_train_step, predict
 from unprune_jax.unprune import UnpruneConfig, gold_standard, unprune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

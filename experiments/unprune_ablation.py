@@ -45,7 +45,8 @@ def main(argv=None) -> Path:
     args = p.parse_args(argv)
     plt = common.pyplot()
     s = common.fashion_setup(args.train_size, data_dir=args.data_dir)
-    data, split, apply_fn, tx, init, flags = s.dataset, s.split, s.apply_fn, s.tx, s.init, s.prunable
+    data, split, apply_fn, tx, init = s.dataset, s.split, s.apply_fn, s.tx, s.init
+    flags = s.prunable
     random_params = common.random_params(s)
     train_cfg = TrainConfig(epochs=args.epochs, lr=0.05)
     prune_cfg = prune.PruneConfig(density=0.1)

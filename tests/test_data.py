@@ -184,7 +184,8 @@ def test_synthetic_dataset(syn):
 
 
 def test_dataset_validation():
-    with pytest.raises(ValueError, match=r"Dataset 't': y: label 10 at index 1 is not in \[0, 10\)"):
+    with pytest.raises(ValueError,
+                       match=r"Dataset 't': y: label 10 at index 1 is not in \[0, 10\)"):
         D.Dataset(np.zeros((2, 1, 1, 1)), np.array([0, 10]), 10, "t")
     with pytest.raises(ValueError, match=r"test_pool has 1 indices outside \[0, 2\): \[5\]"):
         D.Dataset(np.zeros((2, 1, 1, 1)), np.array([0, 1]), 10, "t", np.array([5]))
@@ -195,7 +196,8 @@ def test_dataset_validation():
 def test_load_dataset_registry(syn):
     ds = D.load_dataset("synthetic", n=50, n_test=10)
     assert len(ds) == 50 and len(ds.test_pool) == 10
-    with pytest.raises(ValueError, match=r"'fashion-mnist'; known: \[.*'synthetic'.*\]\. Did you mean 'fashion_mnist'"):
+    with pytest.raises(ValueError, match=r"'fashion-mnist'; known: \[.*'synthetic'.*\]\. "
+                                         r"Did you mean 'fashion_mnist'"):
         D.load_dataset("fashion-mnist")
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         D.load_dataset("imagenet")
@@ -294,9 +296,12 @@ def test_split_dict_roundtrip(syn):
         (dict(forget_fraction=0.001), r"forget_fraction=0\.001 of 300 .* 0 forget"),
         (dict(forget_classes=[3, 12]), r"unknown class labels \[12\]"),
         (dict(forget_classes=[-1]), r"unknown class labels \[-1\]"),
-        (dict(forget_classes=[1], forget_indices=[2]), "only one of forget_classes, forget_indices"),
-        (dict(forget_fraction=0.2, forget_classes=[1]), "only one of forget_fraction, forget_classes"),
-        (dict(forget_fraction=0.1, forget_indices=[1]), "only one of forget_fraction, forget_indices"),
+        (dict(forget_classes=[1], forget_indices=[2]),
+         "only one of forget_classes, forget_indices"),
+        (dict(forget_fraction=0.2, forget_classes=[1]),
+         "only one of forget_fraction, forget_classes"),
+        (dict(forget_fraction=0.1, forget_indices=[1]),
+         "only one of forget_fraction, forget_indices"),
         (dict(train_size=10_000), r"train_size=10000 must be in \[1, 300\]"),
         (dict(val_size=301), r"val_size=301 must be in \[0, 300\]"),
         (dict(test_size=101), r"test_size=101 must be in \[0, 100\]"),

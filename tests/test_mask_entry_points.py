@@ -5,12 +5,11 @@ would count as kept: both must raise a ``ValueError`` naming the leaf, before an
 (``masks.apply_mask`` and ``masks.density``: tests/test_masks.py.)
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unprune_jax import masks, optim, unlearn
+from unprune_jax import optim, unlearn
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.losses import cross_entropy
 from unprune_jax.train import TrainState, make_train_step

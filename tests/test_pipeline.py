@@ -11,8 +11,8 @@ from unprune_jax import checkpoint as ckpt
 from unprune_jax import cli, pipeline, runs
 from unprune_jax import train as train_lib
 from unprune_jax.config import load_config
-from unprune_jax.report import label
 from unprune_jax.data import default_data_dir
+from unprune_jax.report import label
 
 TINY = [
     "model.kwargs={widths = [4, 8], hidden = 16}",
@@ -33,7 +33,8 @@ def quiet(_msg):
 
 
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "RTE", "compile_seconds")} for r in rows]
+    drop = ("seconds", "RTE", "compile_seconds")
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -122,7 +123,7 @@ def test_every_candidate_runs_from_every_seed_and_the_sides_are_what_they_say(tm
     ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
     sides = pipeline.stage_sides([ctx])[0]
     assert set(sides) == {"original", "gold", "quantity"}
-    for side, (tree, meta) in sides.items():
+    for tree, meta in sides.values():
         assert runs.num_runs(tree["sparse"]) == 3 and len(meta["history"]) == 3
     split = ctx.split
     for s, r in enumerate(pipeline.side_runs(ctx, "quantity")):

@@ -56,8 +56,8 @@ def test_report_has_every_run_table_and_figure(runs, tmp_path):
         res = results(runs / name)
         for row in res["rows"]:
             iou = "—" if row["IoU_gold"] is None else f"{row['IoU_gold']:.4f}"
-            line = (f"| {report.label(row)} | {name} | {100 * row['UA']:.2f} | {100 * row['RA']:.2f} | "
-                    f"{100 * row['TA']:.2f} | {iou} |")
+            line = (f"| {report.label(row)} | {name} | {100 * row['UA']:.2f} | "
+                    f"{100 * row['RA']:.2f} | {100 * row['TA']:.2f} | {iou} |")
             assert line in text, line
         # the summary lines of pipeline.run, one markdown line each
         assert f"IoU(original mask, gold mask) = {res['IoU_original_gold']:.4f}  \nnoise floor" \

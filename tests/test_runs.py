@@ -13,11 +13,17 @@ import numpy as np
 import pytest
 
 from unprune_jax import losses, masks, optim, runs
-from unprune_jax.data import synthetic_dataset
+from unprune_jax.data import batch_indices, synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.data import batch_indices
-from unprune_jax.train import (DivergenceError, TrainConfig, TrainState, epoch_order, fit,
-                               fit_many, make_train_step)
+from unprune_jax.train import (
+    DivergenceError,
+    TrainConfig,
+    TrainState,
+    epoch_order,
+    fit,
+    fit_many,
+    make_train_step,
+)
 
 K = 3
 SIZES = (40, 57, 90)  # different subset sizes → different batch counts per run (batch 16)

@@ -196,7 +196,8 @@ def test_prepare_refuses_what_is_not_an_official_archive(tmp_path, offline):
 
 def test_a_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "tensorflow", None)
-    with pytest.raises(D.MissingExtraError, match=r"needs tensorflow .*pip install -e '\.\[tfds\]'"):
+    with pytest.raises(D.MissingExtraError,
+                       match=r"needs tensorflow .*pip install -e '\.\[tfds\]'"):
         P.prepare_tfds("cifar10", tmp_path)
     monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
     code = cli.main(["run", "-r", str(tmp_path / "run"), "-o", "data.name=tfds:cifar10"])

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unprune_jax.metrics import membership, topology as T
+from unprune_jax.metrics import membership
+from unprune_jax.metrics import topology as T
 
 
 def mixture(original, p_gold, alpha, rng):
@@ -252,7 +253,7 @@ def test_matched_controls_swap_whole_filters_in_pytrees():
     orig = [conv_mask([0, 1, 2]), conv_mask([1, 2, 3])]
     cand = [conv_mask([0, 1, 5]), conv_mask([1, 2, 3])]
     ctrl = T.matched_controls(cand, orig, prunable, granularity="filter", seed=0)
-    for k, o in zip(ctrl, orig):
+    for k in ctrl:
         kept = np.asarray(k["k"]).reshape(-1, 6)
         assert np.all(kept == kept[:1])  # whole filters
         assert kept[0].sum() == 3 and np.asarray(k["b"]).all()

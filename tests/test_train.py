@@ -9,7 +9,12 @@ from unprune_jax import losses, masks, optim
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.train import (
-    DivergenceError, TrainConfig, TrainState, epoch_order, fit, make_train_step,
+    DivergenceError,
+    TrainConfig,
+    TrainState,
+    epoch_order,
+    fit,
+    make_train_step,
 )
 
 

@@ -40,12 +40,12 @@ class ConfigValueError(ValueError):
         self.section, self.field, self.problem, self.value = section, field, problem, value
         super().__init__(f"{section}.{field} {problem}, got {value!r}")
 
-    def renamed(self, section: str) -> "ConfigValueError":
+    def renamed(self, section: str) -> ConfigValueError:
         """The same error under another section name (the key path in the run config)."""
         return ConfigValueError(section, self.field, self.problem, self.value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _number_fields(cls) -> tuple[tuple[str, bool], ...]:
     """``(name, is_tuple)`` of the fields of ``cls`` annotated with int or float."""
     try:

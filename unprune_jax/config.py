@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .checks import ConfigValueError, check_numbers
-from .registry import closest_name, unknown_name_error
 from .prune import PruneConfig
+from .registry import closest_name, unknown_name_error
 from .train import TrainConfig
 from .unprune import UnpruneConfig
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +69,8 @@ def prunable_leaves(
     flags = jax.tree_util.tree_map_with_path(pick, params)
     if not any(jax.tree.leaves(flags)):
         raise ValueError(
-            f"no prunable parameters: include={list(include)} exclude={list(exclude)} match none of "
-            f"{leaf_paths(params)}"
+            f"no prunable parameters: include={list(include)} exclude={list(exclude)} match none "
+            f"of {leaf_paths(params)}"
         )
     return flags
 

@@ -24,8 +24,9 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -299,15 +300,16 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
                     requests.append((i, r))
                 slots[(i, s)] = unique[key]
         lead = ctxs[requests[0][0]]
-        lead.say(f"[sides/{side}] {len(requests)} pruning runs "
-                 f"({len(todo)} run(s) × {lead.seeds} seeds, {len(todo) * lead.seeds - len(requests)}"
-                 f" shared)")
+        shared = len(todo) * lead.seeds - len(requests)
+        lead.say(f"[sides/{side}] {len(requests)} pruning runs ({len(todo)} run(s) × "
+                 f"{lead.seeds} seeds, {shared} shared)")
         try:
             with Stopwatch() as sw:
                 res = prune_lib.run_many(
                     runs.stack([ctxs[i].init for i, _ in requests]), lead.apply_fn, lead.tx,
-                    lead.dataset, [r.subset for _, r in requests], [r.train_cfg for _, r in requests],
-                    [r.prune_cfg for _, r in requests], lead.prunable,
+                    lead.dataset, [r.subset for _, r in requests],
+                    [r.train_cfg for _, r in requests], [r.prune_cfg for _, r in requests],
+                    lead.prunable,
                     order_pool=lead.split.train, desc=f"{side} ", trainer=lead.trainer)
         except DivergenceError as e:
             raise ValueError(
@@ -320,7 +322,7 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
             share = len(picks) / len(requests)
             meta = {"history": [res.history[j] for j in picks],
                     "seconds": sw.seconds * share, "compile_seconds": sw.compile_seconds * share,
-                    "shared_runs": len(todo) * lead.seeds - len(requests)}
+                    "shared_runs": shared}
             meta["seconds_per_run"] = (meta["seconds"] - meta["compile_seconds"]) / ctx.seeds
             tree = {"dense": runs.stack([dense[j] for j in picks]),
                     "sparse": runs.stack([sparse[j] for j in picks])}
@@ -351,12 +353,12 @@ def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tupl
     for method in cfg.unlearn.methods:
         method_cfg = cfg.method_config(method)
 
-        def baseline():
+        def baseline(method=method, method_cfg=method_cfg):
             states, m = unlearn_lib.run(method, sparse, ctx.task(), method_cfg,
                                         on_divergence="keep_last_good")
             return states, {"runs": m["runs"], "batched": m["batched"], "diverged": _diverged(m)}
 
-        def unpruned():
+        def unpruned(method=method, method_cfg=method_cfg):
             random_params = None
             if cfg.unprune.reinit == "random":
                 random_params, _ = init_model(ctx.model, jax.random.PRNGKey(cfg.model.seed + 1),

@@ -32,12 +32,12 @@ import numpy as np
 
 from . import losses as losses_lib
 from . import masks as masks_lib
-from . import scores as scores_lib
 from . import runs
+from . import scores as scores_lib
 from .checks import check_numbers
 from .data import Dataset
 from .registry import Registry, closest_name
-from .train import DivergenceError, Trainer, TrainConfig, TrainState, make_train_step, single_run
+from .train import DivergenceError, TrainConfig, Trainer, TrainState, make_train_step, single_run
 
 
 @dataclasses.dataclass(frozen=True)

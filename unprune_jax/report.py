@@ -90,7 +90,8 @@ def summary_lines(results: dict) -> str:
     the membership test's AUC."""
     lines = [f"IoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}"]
     if results.get("filter_IoU_original_gold") is not None:
-        lines.append(f"filter-level IoU(original, gold) = {results['filter_IoU_original_gold']:.4f}")
+        lines.append("filter-level IoU(original, gold) = "
+                     f"{results['filter_IoU_original_gold']:.4f}")
     floor = results.get("noise_floor")
     if floor:
         j = floor["jaccard"]

@@ -33,12 +33,14 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import optim
@@ -162,7 +164,7 @@ def check_mesh(mesh: Mesh) -> None:
                          f"(see make_mesh), got {mesh!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_data_parallel_step(step_fn: StepFn, mesh: Mesh):
     """One run, data-parallel: the batch is split over ``mesh``'s ``data`` axis, state replicated.
 
@@ -220,7 +222,7 @@ def _check_map_batch_size(map_batch_size) -> None:
         raise ValueError(f"map_batch_size must be a positive int or None, got {map_batch_size!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_k_step(step_fn: StepFn, strategy: str, map_batch_size: int | None = None,
                 mesh: Mesh | None = None):
     """A K-run step ``(states, x, y, w, extra=None) -> (states, metrics)`` for one strategy.
@@ -267,7 +269,7 @@ def make_k_step(step_fn: StepFn, strategy: str, map_batch_size: int | None = Non
                      "fit_many)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _k_epoch(step_fn: StepFn, strategy: str, map_batch_size: int | None, mesh: Mesh | None):
     """Compiled whole epoch ``(states, X, Y, idx, w) -> (states, metrics)`` as one ``lax.scan``.
 
@@ -291,7 +293,7 @@ def _k_epoch(step_fn: StepFn, strategy: str, map_batch_size: int | None, mesh: M
                    out_shardings=(runs, metrics))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _single_epoch(step_fn: StepFn):
     """Like :func:`_k_epoch` for one run (the loop strategy): idx, w of shape (num_batches, B)."""
 

@@ -27,7 +27,7 @@ class Stopwatch:
         if event.startswith(_COMPILE_EVENTS) and threading.get_ident() == self._thread:
             self.compile_seconds += duration
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._thread = threading.get_ident()
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         self._t0 = time.perf_counter()

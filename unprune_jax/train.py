@@ -18,18 +18,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from . import masks as masks_lib
-from . import optim
-from . import runs
+from . import optim, runs
 from .checks import check_numbers
 from .data import Dataset, batch_indices, epoch_order
 
@@ -59,7 +58,7 @@ class TrainState:
     rng: jax.Array
 
     @classmethod
-    def create(cls, params, model_state, tx, mask=None, seed: int = 0) -> "TrainState":
+    def create(cls, params, model_state, tx, mask=None, seed: int = 0) -> TrainState:
         """A fresh state: ``mask`` defaults to dense; params are masked; optimizer initialised."""
         mask = masks_lib.full_mask(params) if mask is None else mask
         masks_lib.check_mask(params, mask)
@@ -73,7 +72,7 @@ class TrainState:
             rng=jax.random.PRNGKey(seed),
         )
 
-    def with_mask(self, mask, tx, params=None) -> "TrainState":
+    def with_mask(self, mask, tx, params=None) -> TrainState:
         """New mask (and optionally params), params re-masked, optimizer state reset."""
         params = self.params if params is None else params
         masks_lib.check_mask(params, mask)
@@ -81,7 +80,7 @@ class TrainState:
         return self.replace(params=params, mask=mask, opt_state=tx.init(params))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_train_step(
     apply_fn: ApplyFn, tx: optax.GradientTransformation, loss_fn: LossFn,
     clip_norm: float | None = None,
@@ -150,7 +149,7 @@ def make_train_step(
     return jax.jit(step)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_logits_fn(apply_fn: ApplyFn):
     """Compiled ``(params, model_state, mask, x) -> logits`` in eval mode."""
 
@@ -470,6 +469,7 @@ class Trainer:
             runs.axis_size(mesh, "runs")
         carrier = runs.pad_runs(states, k_pad)
         y_static = dataset.y if labels is None or callable(labels) else np.asarray(labels)
+        pool_extras = {n: np.asarray(runs.pad_runs(a, k_pad)) for n, a in (extras or {}).items()}
         plan = None
         last = start_epoch + epochs
         for epoch in range(start_epoch, last):
@@ -482,19 +482,11 @@ class Trainer:
             if self.scan_epoch and (b.extra or b.gather):
                 raise ValueError("scan_epoch runs plain steps only: no per-batch extras")
             idx, w = _pad_batches(b.idx, k_pad), _pad_batches(b.w, k_pad)
-            b_extra = {n: _pad_batches(a, k_pad, axis=1) for n, a in b.extra.items()}
-            b_gather = {n: _pad_batches(a, k_pad, axis=1) for n, a in b.gather.items()}
-            pool_extras = {n: runs.pad_runs(a, k_pad) for n, a in (extras or {}).items()}
-
-            def extra_at(i: int) -> dict:  # the K-run extra of batch i
-                out = dict(const)
-                for n, a in pool_extras.items():
-                    out[n] = np.asarray(a)[np.arange(k_pad)[:, None], idx[i]]
-                for n, a in b_extra.items():
-                    out[n] = a[i]
-                for n, a in b_gather.items():
-                    out[f"{n}/x"], out[f"{n}/y"] = dataset.x[a[i]], y_all[a[i]]
-                return out
+            extra_at = functools.partial(
+                _batch_extra, const=const, pool_extras=pool_extras, idx=idx,
+                batch_extras={n: _pad_batches(a, k_pad) for n, a in b.extra.items()},
+                gather={n: _pad_batches(a, k_pad) for n, a in b.gather.items()},
+                x=dataset.x, y=y_all)
 
             if plan is None:
                 plan = self._plan(step_fn, carrier, dataset.x[idx[0]], y_all[idx[0]], w[0],
@@ -545,6 +537,20 @@ class Trainer:
             memory_limit_bytes=(runs.default_memory_limit() if self.memory_limit_bytes == "device"
                                 else self.memory_limit_bytes),
             cache=self.calibrations)
+
+
+def _batch_extra(i: int, *, const, pool_extras, idx, batch_extras, gather, x, y) -> dict:
+    """The K-run ``extra`` of batch i: the constants, the per-pool-example arrays gathered at the
+    batch's indices, the per-batch arrays, and the second batch's images and labels."""
+    out = dict(const)
+    k = idx.shape[1]
+    for n, a in pool_extras.items():
+        out[n] = a[np.arange(k)[:, None], idx[i]]
+    for n, a in batch_extras.items():
+        out[n] = a[i]
+    for n, a in gather.items():
+        out[f"{n}/x"], out[f"{n}/y"] = x[a[i]], y[a[i]]
+    return out
 
 
 def single_run(error: DivergenceError) -> DivergenceError:

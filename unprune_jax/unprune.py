@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import masks as masks_lib
-from . import runs
-from .checks import check_numbers
 from . import prune as prune_lib
+from . import runs
 from . import scores as scores_lib
 from . import unlearn as unlearn_lib
+from .checks import check_numbers
 from .registry import Registry
 from .train import TrainConfig, TrainState
 

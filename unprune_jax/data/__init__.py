@@ -19,12 +19,22 @@ Modules: :mod:`.dataset` (the container, the name registry), :mod:`.idx` (IDX fi
 
 from .batching import batch_indices, epoch_order
 from .dataset import DATASETS, Dataset, load_dataset
-from .idx import (DATA_DIR_ENV_VAR, DEFAULT_FASHION_MNIST_DIR, default_data_dir, load_idx_dir,
-                  read_idx)
+from .idx import (
+                  DATA_DIR_ENV_VAR,
+                  DEFAULT_FASHION_MNIST_DIR,
+                  default_data_dir,
+                  load_idx_dir,
+                  read_idx,
+)
 from .split import DEFAULT_FORGET_FRACTION, Split, make_split, validate_split
 from .synthetic import synthetic_dataset
-from .tfds import (TFDS_TEST_SPLITS, DatasetNotPreparedError, LazyImages, MissingExtraError,
-                   load_tfds)
+from .tfds import (
+                  TFDS_TEST_SPLITS,
+                  DatasetNotPreparedError,
+                  LazyImages,
+                  MissingExtraError,
+                  load_tfds,
+)
 
 #: Names accepted by :func:`load_dataset` (``"tfds:<name>"`` stands for any TFDS name).
 DATASET_NAMES = DATASETS.names()

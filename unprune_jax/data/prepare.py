@@ -24,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .tfds import (TFDS_EXTRA_HINT, DatasetNotPreparedError, MissingExtraError, import_tfds,
-                   prepare_command, tfds_builder)
+from .tfds import (
+    TFDS_EXTRA_HINT,
+    DatasetNotPreparedError,
+    MissingExtraError,
+    import_tfds,
+    prepare_command,
+    tfds_builder,
+)
 
 FILE_FORMAT = "array_record"
 

@@ -13,8 +13,16 @@ from .masks import (
     weight_distance,
 )
 from .outputs import js_divergence, kl_divergence, log_softmax, mean_js
-from .topology import (beyond_control, distance_travelled, format_topology_table, lopo_auc,
-                       matched_controls, quantity_comparison, topology_report, two_sample_test)
+from .topology import (
+    beyond_control,
+    distance_travelled,
+    format_topology_table,
+    lopo_auc,
+    matched_controls,
+    quantity_comparison,
+    topology_report,
+    two_sample_test,
+)
 
 __all__ = [
     "unlearning_accuracies", "similarity", "jaccard", "hamming", "delta_jaccard",

@@ -81,7 +81,8 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -218,11 +219,11 @@ def layer_gram(bits: np.ndarray, layers: Sequence[int]) -> np.ndarray:
     m = bits.shape[0]
     gram = np.empty((len(layers), m, m), np.int64)
     bounds = np.cumsum([0, *layers])
-    for l, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for layer, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         words = _pack(bits[:, a:b])
         for i in range(m):
-            gram[l, i, i:] = _popcount(words[i] & words[i:])
-            gram[l, i:, i] = gram[l, i, i:]
+            gram[layer, i, i:] = _popcount(words[i] & words[i:])
+            gram[layer, i:, i] = gram[layer, i, i:]
     return gram
 
 
@@ -828,7 +829,8 @@ def topology_report(original_masks, gold_masks, prunable: PyTree | None = None,
         A JSON-serialisable dict (read in ``docs/metrics.md``): ``seeds``, ``units``,
         ``layers`` and the settings; ``sides``: ``{'test'`` (original vs gold: the keys of
         :func:`two_sample_test`), ``'auc'`` (:func:`lopo_auc`, the sides' scores included),
-        ``'quantity'`` (:func:`quantity_comparison`, or None)``}``; ``candidates``: ``{name: {'vs_gold', 'vs_original'`` (tests),
+        ``'quantity'`` (:func:`quantity_comparison`, or None)``}``; ``candidates``:
+        ``{name: {'vs_gold', 'vs_original'`` (tests),
         ``'changed'`` (mean fraction of units that differ from the original mask of the same
         seed), ``'travelled'`` (:func:`distance_travelled`), ``'control': {'source'`` ('given' or
         'matched random swaps'), ``'vs_gold', 'vs_original', 'changed', 'travelled'}``,

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 
 from ..masks import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
-from ..registry import Registry
+from ..registry import Registry, unknown_name_error
 from .alexnet import AlexNet
 from .cnn import MLP, SmallCNN
 from .resnet import ResNet18

@@ -11,4 +11,5 @@ registered method by name. Each method lives in its own module and registers its
 from . import basic, boundary, hparams, iu, penalised, relabel, scrub, sfron  # noqa: F401
 from .base import REGISTRY, Unlearner, UnlearnTask, get, is_stacked, register, run, train_on
 
-__all__ = ["UnlearnTask", "Unlearner", "REGISTRY", "register", "get", "run", "train_on"]
+__all__ = ["UnlearnTask", "Unlearner", "REGISTRY", "register", "get", "is_stacked", "run",
+           "train_on"]

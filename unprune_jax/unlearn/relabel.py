@@ -25,7 +25,7 @@ from .. import losses
 from .. import masks as masks_lib
 from ..data import batch_indices
 from ..train import TrainConfig, make_train_step
-from .base import is_stacked, lift_for, per_run, register, train_on
+from .base import is_stacked, per_run, register, train_on
 
 
 def random_wrong_labels(labels: np.ndarray, forget, num_classes: int, seed: int, epoch: int):

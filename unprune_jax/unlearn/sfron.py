@@ -36,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import losses, optim
+from .. import losses, optim, runs
 from .. import masks as masks_lib
-from .. import optim, runs
 from ..data import batch_indices
 from ..train import Batches, DivergenceError, TrainConfig, make_train_step, single_run
 from .base import register
@@ -185,7 +184,7 @@ def _pass_batches(indices, batch_size: int, seed: int, stream: int, k: int):
     return batch_indices(indices, batch_size, np.random.default_rng([seed, stream, k]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_sfron_step(apply_fn, tx, clip: float, ema: bool):
     """One SFR-on iteration as one step ``(state, x, y, w, extra) -> (state, metrics)``.
 
