@@ -34,13 +34,15 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import masks as masks_lib
 from . import metrics as metrics_lib
-from . import optim, report, runs
+from . import optim, runs
 from . import prune as prune_lib
+from . import report as report_lib
 from . import unlearn as unlearn_lib
 from .config import Config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
 from .metrics import mia
 from .metrics.membership import topology_membership
+from .metrics.topology import topology_report
 from .models import get_model, init_model, make_apply_fn
 from .timing import Stopwatch
 from .train import DivergenceError, Trainer, TrainState, predict
@@ -434,25 +436,24 @@ def evaluate(ctx: Context, sides: dict, candidates: dict) -> dict:
         entries.append((kind, method, _first(states), meta, meta["diverged"][0]))
     entries.append(("gold", None, gold, gold_meta, None))
 
-    sparse_sets = {}
-    if S >= 2:
-        sparse_sets = {f"{k}/{m}": states.mask for (k, m), (states, _) in candidates.items()}
-    topology = topology_measures(ctx, sides, sparse_sets)
+    topology = topology_measures(ctx, sides, candidates)
+    llr = topology.get("llr", {})
+    per_candidate = (topology.get("report") or {}).get("candidates", {})
     rows = []
     for kind, method, state, meta, diverged in entries:
         row = {"kind": kind, "method": method,
                **row_metrics(ctx, state, gold, original, gold_logits), **cost(meta),
                "diverged": diverged}
-        key = "original" if kind in ("dense", "original") else f"{kind}/{method}"
-        row["LLR_normalised"] = (topology.get("llr", {}).get(key) if kind != "dense" else None)
-        if kind == "gold":
-            row["LLR_normalised"] = topology.get("llr", {}).get("gold")
+        key = {"dense": None, "original": "original", "gold": "gold"}.get(kind, f"{kind}/{method}")
+        row["LLR_normalised"] = llr.get(key)
+        row.update(_topology_columns(topology, kind, per_candidate.get(report_lib.label(row))))
         rows.append(row)
     results = {
         "rows": rows,
         "IoU_original_gold": masks_lib.jaccard(original.mask, gold.mask, ctx.prunable),
         "noise_floor": topology.get("noise_floor"),
         "membership": topology.get("membership"),
+        "topology": topology.get("report"),
         "seeds": S,
         "split": ctx.split.summary(),
         "config": ctx.cfg.to_dict(),
@@ -463,20 +464,48 @@ def evaluate(ctx: Context, sides: dict, candidates: dict) -> dict:
     return results
 
 
-def topology_measures(ctx: Context, sides: dict, candidate_masks: dict) -> dict:
-    """Over the S seeds of each side: the gold side's noise floor and the per-weight membership
-    test (candidates scored from pair 0, as the original mask they came from)."""
+def topology_measures(ctx: Context, sides: dict, candidates: dict) -> dict:
+    """Over the S seeds of each side (S ≥ 2): the topology test (``metrics.topology``: the sides,
+    every candidate that changes the mask beside its matched random control, the quantity side),
+    the gold side's noise floor, and the per-weight LLR membership score of seed 0's masks."""
     if ctx.seeds < 2:
         return {}
-    first = {k: _first_mask(v) for k, v in candidate_masks.items()}
-    o_masks = runs.unstack(sides["original"][0]["sparse"].mask)
-    g_masks = runs.unstack(sides["gold"][0]["sparse"].mask)
-    membership = topology_membership(o_masks, g_masks, ctx.prunable,
-                                     {"original": o_masks[0], "gold": g_masks[0], **first})
-    llr = {k: v["normalised"] for k, v in membership["candidates"].items()}
-    return {"noise_floor": metrics_lib.noise_floor(g_masks, ctx.prunable),
+    sel = ctx.cfg.prune.selection()
+    masks = {side: runs.unstack(tree["sparse"].mask) for side, (tree, _) in sides.items()}
+    changing = {report_lib.label({"kind": k, "method": m}): runs.unstack(states.mask)
+                for (k, m), (states, _) in candidates.items()
+                if k != "baseline"}  # a baseline keeps the original masks
+    report = topology_report(
+        masks["original"], masks["gold"], ctx.prunable, changing,
+        quantity_side=masks.get("quantity"), granularity=sel["granularity"],
+        allow_dense_filters=sel["allow_dense_filters"], seed=ctx.cfg.data.seed)
+    first = {f"{k}/{m}": _first_mask(states.mask) for (k, m), (states, _) in candidates.items()}
+    membership = topology_membership(masks["original"], masks["gold"], ctx.prunable,
+                                     {"original": masks["original"][0],
+                                      "gold": masks["gold"][0], **first})
+    return {"report": report,
+            "noise_floor": metrics_lib.noise_floor(masks["gold"], ctx.prunable),
             "membership": {k: v for k, v in membership.items() if k != "candidates"},
-            "llr": llr}
+            "llr": {k: v["normalised"] for k, v in membership["candidates"].items()}}
+
+
+def _topology_columns(topology: dict, kind: str, candidate: dict | None) -> dict:
+    """A row's topology columns: for a candidate that changes the mask, its distance travelled
+    toward the gold side beyond its matched random control (mean and interval over the S pairs)
+    and the p-value of its set against the gold set; for the original row, the p-value of the
+    original side against the gold side (is there a trace to remove at all?)."""
+    report = topology.get("report")
+    out = {"travelled_beyond_control": None, "travelled_beyond_control_ci": None,
+           "p_vs_gold": None}
+    if report is None:
+        return out
+    if kind == "original":
+        out["p_vs_gold"] = report["sides"]["test"]["p_value"]
+    elif candidate is not None:
+        out.update(travelled_beyond_control=candidate["beyond_control"]["mean"],
+                   travelled_beyond_control_ci=candidate["beyond_control"]["ci"],
+                   p_vs_gold=candidate["vs_gold"]["p_value"])
+    return out
 
 
 def _first_mask(stacked_mask):
@@ -494,7 +523,7 @@ def _machine() -> dict:
 def finish(ctx: Context, results: dict, t_start: float) -> dict:
     """Adds the machine and the total time, writes ``results.json`` and ``results.md``."""
     results = {**results, "machine": _machine(), "total_seconds": time.perf_counter() - t_start}
-    table, summary = report.format_table(results["rows"]), report.summary_lines(results)
+    table, summary = report_lib.format_table(results["rows"]), report_lib.summary_lines(results)
     if ctx.run_dir is not None:
         ckpt.save_json(ctx.run_dir / "results.json", results)
         (ctx.run_dir / "results.md").write_text(f"# Results\n\n{table}\n\n{summary}\n")

@@ -125,6 +125,10 @@ class Registry(Generic[T]):
         """``{name: one-line description}`` in registration order."""
         return {n: e.description for n, e in self._entries.items()}
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, value)`` pairs in registration order."""
+        return [(n, e.value) for n, e in self._entries.items()]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from .metrics.topology import format_topology_table
 
 __all__ = ["write_report", "load_runs", "comparison_table", "format_table", "summary_lines",
            "label", "noise_floor_delta_j", "delta_j_figure", "ua_iou_figure"]
@@ -70,12 +70,14 @@ def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
         return "—" if x is None or x != x else format(scale * x, fmt)
 
     columns = (("UA", ".2f", 100), ("RA", ".2f", 100), ("TA", ".2f", 100), ("MIA", ".2f", 100),
+               ("travelled_beyond_control", "+.2f"), ("p_vs_gold", ".3f"),
                ("IoU_gold", ".4f"), ("IoU_gold_corrected", ".4f"), ("delta_J", "+.4f"),
                ("corrected_fraction", ".3f"), ("LLR_normalised", "+.2f"),
                ("JS_gold_forget", ".4f"), ("weight_distance_gold", ".2f"), ("seconds", ".1f"),
                ("compile_seconds", ".1f"), ("RTE", ".2f"))
-    head = ("| model | UA % | RA % | TA % | MIA % | IoU gold | J* gold | ΔJ | corrected | LLR norm "
-            "| JS D_f | ‖θ−θ_gold‖ | time s | compile s | RTE |")
+    head = ("| model | UA % | RA % | TA % | MIA % | → gold beyond control | p vs gold | IoU gold | "
+            "J* gold | ΔJ | corrected | LLR norm | JS D_f | ‖θ−θ_gold‖ | time s | compile s "
+            "| RTE |")
     lead = f"| {first[1]} " if first else ""
     lines = [lead + head, "|" + "---|" * (len(columns) + 1 + bool(first))]
     for r in rows:
@@ -99,16 +101,15 @@ def summary_lines(results: dict) -> str:
                      f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
     mem = results.get("membership")
     if mem:
-        gap = mem["gold_mean"] - mem["original_mean"]
-        spread = [float(np.std(mem[k]) / abs(gap)) if gap else float("nan")
-                  for k in ("original_llr", "gold_llr")]
-        lines.append(f"topology membership test ({mem['seeds']} seeds a side): AUC "
-                     f"{mem['auc']:.3f} (0.5 = the per-weight LLR does not tell masks trained with "
-                     "and without D_f apart; far below 0.5 = it does, inverted, usually because "
-                     "one side's masks are more diverse); LLR norm: 0 = original side's mean, "
-                     "1 = gold side's mean; "
-                     f"the sides' own spread on that scale: ±{spread[0]:.2f} (original), "
-                     f"±{spread[1]:.2f} (gold)")
+        null = mem.get("auc_null_interval")
+        band = (f" (null {null[0]:.2f}…{null[1]:.2f}, p {mem['auc_p_value']:.2f})" if null
+                else "")
+        lines.append(f"per-weight LLR classifier ({mem['seeds']} seeds a side): AUC "
+                     f"{mem['auc']:.3f}{band}; LLR norm places one mask between the original "
+                     "side's mean (0) and the gold side's (1), and any change of a mask moves it: "
+                     "read the topology test instead")
+    if results.get("topology"):
+        lines += ["", format_topology_table(results["topology"])]
     return "\n".join(lines)
 
 
