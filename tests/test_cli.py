@@ -127,7 +127,7 @@ def test_sweep_parses_and_dispatches(tmp_path, monkeypatch, capsys):
 
 def test_sweep_defaults(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(pipeline, "sweep", lambda cfg, d, **kw: calls.append(kw), raising=False)
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg, d, **kw: calls.append(kw))
     assert run_main(["sweep", "-r", str(tmp_path / "s")], capsys)[0] == 0
     assert calls[0]["forget_fractions"] is None and calls[0]["seeds"] is None
     assert calls[0]["strategy"] == "auto" and calls[0]["progress"] is True

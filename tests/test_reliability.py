@@ -83,14 +83,14 @@ def test_second_process_is_refused_then_kill_9_and_resume_gives_the_same_result(
                              *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not ckpt.stage_dir(run_dir, "prune").exists():  # renamed into place: complete
+        while not ckpt.stage_dir(run_dir, "sides/original").exists():  # renamed into place: complete
             assert proc.poll() is None and time.monotonic() < deadline, "run ended early"
             time.sleep(0.02)
         for extra in ((), ("--fresh",)):
             code, _, err = run_cli(run_dir, capsys, *extra)
             one_line_error(code, err, run_dir, "in use by another unprune-jax process",
                            f"pid {proc.pid}", f"run: run -r {run_dir}")
-        assert ckpt.stage_done(run_dir, "prune")  # the refused --fresh deleted nothing
+        assert ckpt.stage_done(run_dir, "sides/original")  # the refused --fresh deleted nothing
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -98,7 +98,7 @@ def test_second_process_is_refused_then_kill_9_and_resume_gives_the_same_result(
     said = []
     cfg = load_config(None, [v for o, v in zip(TINY, TINY[1:], strict=False) if o == "-o"])
     pipeline.run(cfg, run_dir, progress=False, say=said.append)
-    assert "[prune] finished earlier, loaded" in said
+    assert "[sides/original] finished earlier, loaded" in said
     assert rows(run_dir) == rows(base)
 
 
@@ -137,7 +137,7 @@ def test_a_file_where_a_directory_is_expected_and_back(tmp_path, copy, capsys):
     (copy / "log.txt").rmdir()
     shutil.rmtree(copy / "stages")
     (copy / "stages").write_text("")
-    one_line_error(*run_cli(copy, capsys)[::2], "stage 'prune'", copy / "stages",
+    one_line_error(*run_cli(copy, capsys)[::2], "stage 'sides/original'", copy / "stages",
                    "is a file, not a directory")
 
 
@@ -183,14 +183,14 @@ def test_stages_copied_into_a_run_with_another_config_are_refused(copy, tmp_path
     other = ckpt.make_run_dir(tmp_path / "other")
     shutil.copytree(copy / "stages", other / "stages")
     code, _, err = run_cli(other, capsys, "-o", "prune.density=0.2")
-    one_line_error(code, err, "stage 'prune'", "made by another config/split/input", "--fresh")
+    one_line_error(code, err, "stage 'sides/original'", "made by another config/split/input", "--fresh")
 
 
 def test_one_stage_copied_over_another_is_refused(copy, capsys):
-    shutil.rmtree(ckpt.stage_dir(copy, "gold"))
-    shutil.copytree(ckpt.stage_dir(copy, "prune"), ckpt.stage_dir(copy, "gold"))
+    shutil.rmtree(ckpt.stage_dir(copy, "sides/gold"))
+    shutil.copytree(ckpt.stage_dir(copy, "sides/original"), ckpt.stage_dir(copy, "sides/gold"))
     code, _, err = run_cli(copy, capsys)
-    one_line_error(code, err, "stage 'gold'", "holds stage 'prune'")
+    one_line_error(code, err, "stage 'sides/gold'", "holds stage 'sides/original'")
 
 
 @pytest.mark.parametrize("edit", ["split.json edited", "split.json garbage",

@@ -128,8 +128,8 @@ def test_prepare_fake_cifar10_offline_then_run_the_pipeline(tmp_path, monkeypatc
     ])
     assert code == 0, capsys.readouterr().err
     results = json.loads((run_dir / "results.json").read_text())
-    rows = {r["model"]: r for r in results["rows"]}
-    assert "FT" in rows and 0.0 <= rows["FT"]["TA"] <= 1.0
+    rows = {(r["kind"], r["method"]): r for r in results["rows"]}
+    assert 0.0 <= rows[("baseline", "FT")]["TA"] <= 1.0
     assert json.loads((run_dir / "split.json").read_text())["forget"].__len__() == 5
 
 
