@@ -491,20 +491,25 @@ def topology_measures(ctx: Context, sides: dict, candidates: dict) -> dict:
 
 def _topology_columns(topology: dict, kind: str, candidate: dict | None) -> dict:
     """A row's topology columns: for a candidate that changes the mask, its distance travelled
-    toward the gold side beyond its matched random control (mean and interval over the S pairs)
-    and the p-value of its set against the gold set; for the original row, the p-value of the
-    original side against the gold side (is there a trace to remove at all?)."""
+    toward the gold side beyond its matched random control (mean and interval over the S pairs;
+    only where the sides differ at the report's level, else the scale is noise) and the p-value
+    of its set against the gold set; for the original row, the p-value of the original side
+    against the gold side (is there a trace to remove at all?)."""
     report = topology.get("report")
     out = {"travelled_beyond_control": None, "travelled_beyond_control_ci": None,
            "p_vs_gold": None}
     if report is None:
         return out
+    sides_p = report["sides"]["test"]["p_value"]
     if kind == "original":
-        out["p_vs_gold"] = report["sides"]["test"]["p_value"]
+        out["p_vs_gold"] = sides_p
     elif candidate is not None:
-        out.update(travelled_beyond_control=candidate["beyond_control"]["mean"],
-                   travelled_beyond_control_ci=candidate["beyond_control"]["ci"],
-                   p_vs_gold=candidate["vs_gold"]["p_value"])
+        out["p_vs_gold"] = candidate["vs_gold"]["p_value"]
+        # the scale from the original side (0) to the gold side (1) exists only where the two
+        # sides differ: otherwise the distance is a ratio of noise (the topology table says so)
+        if sides_p <= 1 - report["confidence"]:
+            out.update(travelled_beyond_control=candidate["beyond_control"]["mean"],
+                       travelled_beyond_control_ci=candidate["beyond_control"]["ci"])
     return out
 
 
