@@ -83,7 +83,8 @@ def test_second_process_is_refused_then_kill_9_and_resume_gives_the_same_result(
                              *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not ckpt.stage_dir(run_dir, "sides/original").exists():  # renamed into place: complete
+        # the stage's directory is renamed into place once complete
+        while not ckpt.stage_dir(run_dir, "sides/original").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "run ended early"
             time.sleep(0.02)
         for extra in ((), ("--fresh",)):
@@ -183,7 +184,8 @@ def test_stages_copied_into_a_run_with_another_config_are_refused(copy, tmp_path
     other = ckpt.make_run_dir(tmp_path / "other")
     shutil.copytree(copy / "stages", other / "stages")
     code, _, err = run_cli(other, capsys, "-o", "prune.density=0.2")
-    one_line_error(code, err, "stage 'sides/original'", "made by another config/split/input", "--fresh")
+    one_line_error(code, err, "stage 'sides/original'", "made by another config/split/input",
+                   "--fresh")
 
 
 def test_one_stage_copied_over_another_is_refused(copy, capsys):
