@@ -113,6 +113,14 @@ def test_resume_skips_finished_stages_and_gives_the_same_result(tmp_path, monkey
     # and only that one
     gold = ckpt.stage_dir(tmp_path, "sides/gold")
     os.rename(gold, gold.with_name("gold.orbax-checkpoint-tmp"))
+    # ... with the K-run plans the first process picked (plans differ in float rounding), read
+    # from the run directory: nothing is timed again, whatever the load now
+    assert (tmp_path / "plans.json").exists()
+
+    def no_timing(*a, **k):
+        raise AssertionError("a resumed run timed the K-run plans again")
+
+    monkeypatch.setattr(runs, "_measure_plans", no_timing)
     third = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert calls == ["gold dense", "gold sparse"]
     assert without_time(third["rows"]) == without_time(first["rows"])  # deterministic

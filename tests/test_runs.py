@@ -12,12 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unprune_jax import checkpoint as ckpt
 from unprune_jax import losses, masks, optim, runs
 from unprune_jax.data import batch_indices, synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
 from unprune_jax.train import (
     DivergenceError,
     TrainConfig,
+    Trainer,
     TrainState,
     epoch_order,
     fit,
@@ -198,9 +200,39 @@ def test_auto_times_each_candidate_once_and_caches_the_pick(monkeypatch):
     assert runs.resolve_strategy(step, *args, cache=cache) == runs.Plan("map")
     assert sorted(p.strategy for p in timed) == ["loop", "map", "vmap"]
     (calibration,) = cache.values()
-    assert calibration["timings"][runs.Plan("vmap")] == 3.0
+    assert calibration == {"plan": {"strategy": "map", "map_batch_size": None},
+                           "timings": {"loop": 1.0, "vmap": 3.0, "map": 0.5}}
     assert runs.resolve_strategy(step, *args) == runs.Plan("map")  # no cache: measured again
     assert len(timed) == 6
+
+
+def test_a_run_directory_keeps_auto_picks_so_a_resume_takes_the_same_plan(tmp_path, monkeypatch):
+    """Plans differ in float rounding: a recomputed stage must take the first process's plan,
+    not one re-timed under other load. A fresh trainer on the same run directory reads it."""
+    ds, step, states, subsets, cfgs = setup("mlp")
+    measured = {"loop": 1.0, "vmap": 3.0, "map": 0.5}
+    timed = []
+
+    def fake_measure(plans, *args):
+        timed.extend(plans)
+        return {p: measured[p.strategy] for p in plans}
+
+    monkeypatch.setattr(runs, "_measure_plans", fake_measure)
+    st = runs.stack(states)
+    idx = np.arange(K * 16).reshape(K, 16)
+    args = (st, ds.x[idx], ds.y[idx], np.ones((K, 16), np.float32), {})
+    first = Trainer(progress=False)
+    first.keep_plans_in(tmp_path)
+    assert first._plan(step, *args, None) == runs.Plan("map")
+    assert (tmp_path / "plans.json").exists() and len(timed) == 3
+    measured.update(vmap=0.1)  # another process, other load: vmap would now win a timing
+    second = Trainer(progress=False)
+    second.keep_plans_in(tmp_path)
+    assert second._plan(step, *args, None) == runs.Plan("map") and len(timed) == 3
+    # a plans file edited by hand is refused by its checksum, with the file named
+    (tmp_path / "plans.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError, match="plans.json"):
+        Trainer(progress=False).keep_plans_in(tmp_path)
 
 
 def test_memory_report_counts_bytes_and_grows_with_k():

@@ -113,12 +113,14 @@ def _prepare_run_dir(path: str, fresh: bool, command: str):
 def _cmd_run(args) -> int:
     from . import pipeline
     from .config import load_config
+    from .train import Trainer
 
     cfg = load_config(args.config, args.override)
     command = f"run: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
           _run_log(run_dir, command) as say):
-        pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say)
+        pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say,
+                     trainer=Trainer(strategy=args.strategy, progress=not args.no_progress))
     return 0
 
 
@@ -261,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HELP_FORMAT,
     )
     _add_config_args(r, "runs/demo")
+    r.add_argument("--strategy", default="auto", type=_strategy, metavar="STRATEGY",
+                   help="how the S seeds' runs are batched (see `sweep --help`; default auto, "
+                   "timed once per run directory and kept in RUN_DIR/plans.json; a named one "
+                   "makes two fresh runs agree to the last bit, not only to float rounding)")
     r.set_defaults(func=_cmd_run)
 
     s = sub.add_parser(

@@ -157,6 +157,8 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
         f"{[p for p, f in zip(masks_lib.leaf_paths(params), jax.tree.leaves(prunable)) if f]}"
     )
     trainer = Trainer(progress=progress) if trainer is None else trainer
+    if run_dir is not None:
+        trainer.keep_plans_in(run_dir)
     return Context(cfg, run_dir, dataset, split, model, make_apply_fn(model), tx, init, prunable,
                    trainer, say)
 

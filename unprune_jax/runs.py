@@ -484,8 +484,9 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: 
 
     Args:
         extra: the step's K-run ``extra`` for this batch (leaves with a leading K axis).
-        cache: where to keep the picks and timings per (backend, step, shapes and dtypes, K,
-            mesh, limit), e.g. a ``train.Trainer``'s ``calibrations``; None: measure every time.
+        cache: where to keep the picks and timings, under :func:`plan_key` (JSON-able values:
+            ``{"plan": {...}, "timings": {label: seconds}}``), e.g. a ``train.Trainer``'s
+            ``calibrations``; None: measure every time.
 
     Raises:
         RunsMemoryError: the explicit strategy, or even the loop under ``auto``, needs more bytes
@@ -514,11 +515,9 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: 
 
     if k == 1:
         return Plan("loop")  # one run: nothing to batch, the loop is the single-run step itself
-    key = (jax.default_backend(), step_fn,
-           str(jax.tree.map(lambda a: (np.shape(a), str(a.dtype)), (states, x, y, w, extra))),
-           k, mesh, limit, map_batch_size)
+    key = plan_key(step_fn, (states, x, y, w, extra), k, mesh, limit, map_batch_size)
     if cache is not None and key in cache:
-        return cache[key]["plan"]
+        return Plan(**cache[key]["plan"])
     candidates = [Plan("loop"), Plan("vmap"), Plan("map", map_batch_size)]
     if mesh is not None and axis_size(mesh, "runs") > 1 and k % axis_size(mesh, "runs") == 0:
         candidates.append(Plan("shard"))
@@ -540,8 +539,31 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: 
     timings = _measure_plans(candidates, step_fn, states, x, y, w, extra, mesh, rounds)
     plan = choose_strategy(timings)
     if cache is not None:
-        cache[key] = {"plan": plan, "timings": timings}
+        cache[key] = {"plan": dataclasses.asdict(plan),
+                      "timings": {plan_label(p): t for p, t in timings.items()}}
     return plan
+
+
+def plan_label(plan: Plan) -> str:
+    """``'vmap'``, ``'loop'``, ``'map:8'`` (map with its batch size)."""
+    if plan.map_batch_size is None:
+        return plan.strategy
+    return f"{plan.strategy}:{plan.map_batch_size}"
+
+
+def plan_key(step_fn: StepFn, inputs, k: int, mesh: Mesh | None, limit: int | None,
+             map_batch_size: int | None) -> str:
+    """The key ``auto``'s pick is kept under: a string (JSON-able, so a run directory can keep
+    its picks and a resumed run recomputes a stage with the plan the first process took, to the
+    last bit): backend, the step's qualified name, the inputs' shapes and dtypes, K, the mesh's
+    shape, the memory limit and the map batch size. Two steps of one name (e.g. the masked
+    step around two losses) share a pick for the same shapes."""
+    name = getattr(step_fn, "__qualname__", type(step_fn).__qualname__)
+    shape_text = str([(jax.tree_util.keystr(path), tuple(np.shape(a)), str(a.dtype))
+                      for path, a in jax.tree_util.tree_flatten_with_path(inputs)[0]])
+    mesh_text = None if mesh is None else dict(mesh.shape)
+    return (f"{jax.default_backend()}|{name}|{shape_text}|K={k}|mesh={mesh_text}|limit={limit}"
+            f"|map_batch_size={map_batch_size}")
 
 
 # --- running epochs (used by train.Trainer.run_epochs) --------------------------------------------

@@ -77,6 +77,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
     def tagged(label: str) -> Callable[[str], None]:
         return lambda msg: say("\n".join(f"[{label}] {line}" for line in str(msg).splitlines()))
 
+    trainer.keep_plans_in(run_dir)  # before the variants': one record of the plans, here
     with contextlib.ExitStack() as held:
         for label, _ in vs:
             held.enter_context(ckpt.lock_run_dir(run_dir / label))
@@ -91,8 +92,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, *, forget_fractions=None, seeds=
         "rows": rows,
         "IoU_original_gold": {label: r["IoU_original_gold"] for label, r in results.items()},
         "noise_floor": {label: r["noise_floor"] for label, r in results.items()},
-        "calibrations": {str(k[-4:]): {p.strategy: t for p, t in v["timings"].items()}
-                         for k, v in trainer.calibrations.items()},
+        "calibrations": trainer.calibrations,
         "total_seconds": time.perf_counter() - t0,
     }
     ckpt.save_json(run_dir / "sweep.json", summary)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import checkpoint as ckpt
 from . import masks as masks_lib
 from . import optim, runs
 from .checks import check_numbers
@@ -220,6 +221,7 @@ class DivergenceError(RuntimeError):
 
 
 DEFAULT_MAX_LOSS = 1e6
+PLANS_FILE = "plans.json"  # a run directory's K-run plans (Trainer.keep_plans_in)
 """The divergence limit on |loss| when a config sets no ``max_loss``: no training reaches a
 cross-entropy of a million without having diverged (it needs logit gaps of 10^6)."""
 
@@ -317,7 +319,11 @@ class Trainer:
     """How training loops run: the K-run strategy, devices, memory and progress bars.
 
     One trainer is passed to everything that trains; it caches what ``strategy='auto'`` measured
-    (``calibrations``) for the shapes it has seen, and nothing outlives it.
+    (``calibrations``, under ``runs.plan_key``) for the shapes it has seen. With
+    :meth:`keep_plans_in` it also keeps them in a run directory (``plans.json``), so a resumed
+    run recomputes a stage with the plan the first process picked: plans differ in float rounding
+    (vmap and the loop agree to ~1e-12, not bitwise), and a pick re-timed under other load could
+    change a recomputed stage in its last bits.
 
     Attributes:
         strategy: ``'auto'``, ``'vmap'``, ``'map'``, ``'loop'`` or ``'shard'`` (``runs``).
@@ -336,9 +342,29 @@ class Trainer:
     scan_epoch: bool = False
     progress: bool = True
     calibrations: dict = dataclasses.field(default_factory=dict, repr=False)
+    plans_dir: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         runs.STRATEGIES.check(self.strategy)
+
+    def keep_plans_in(self, run_dir) -> None:
+        """Loads ``run_dir/plans.json`` (the picks of earlier processes win over this one's) and
+        saves every new pick there. Does nothing if this trainer keeps them elsewhere already (a
+        sweep's trainer keeps them in the sweep's directory)."""
+        if self.plans_dir is not None:
+            return
+        run_dir = ckpt.make_run_dir(run_dir)
+        saved = ckpt.load_run_json(run_dir, PLANS_FILE)
+        if saved is not None:
+            if not isinstance(saved, dict) or not all(
+                    isinstance(v, dict) and isinstance(v.get("plan"), dict)
+                    and set(v["plan"]) <= {"strategy", "map_batch_size"}
+                    and v["plan"].get("strategy") in runs.STRATEGIES for v in saved.values()):
+                raise ckpt.CheckpointError(
+                    f"{run_dir / PLANS_FILE} is not a record of K-run plans; delete "
+                    "it (the plans are timed again)")
+            self.calibrations.update(saved)
+        self.plans_dir = run_dir
 
     # -- front ends ------------------------------------------------------------------------------
 
@@ -531,12 +557,16 @@ class Trainer:
         return runs.finish(carrier, plan, k), histories, snapshots
 
     def _plan(self, step_fn, states, x, y, w, extra, mesh) -> runs.Plan:
-        return runs.resolve_strategy(
+        known = len(self.calibrations)
+        plan = runs.resolve_strategy(
             step_fn, states, x, y, w, extra, strategy=self.strategy,
             map_batch_size=self.map_batch_size, mesh=mesh,
             memory_limit_bytes=(runs.default_memory_limit() if self.memory_limit_bytes == "device"
                                 else self.memory_limit_bytes),
             cache=self.calibrations)
+        if self.plans_dir is not None and len(self.calibrations) != known:
+            ckpt.save_run_json(self.plans_dir, PLANS_FILE, self.calibrations)
+        return plan
 
 
 def _batch_extra(i: int, *, const, pool_extras, idx, batch_extras, gather, x, y) -> dict:
