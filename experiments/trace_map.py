@@ -108,6 +108,41 @@ def setting_row(ctx: pipeline.Context, sides: dict, label: str, density: float) 
 
 
 
+def draw(rows: list[dict], seeds: int, subtitle: str, out: Path, name: str) -> Path:
+    """The figure: each setting's E(original, gold) against its permutation null and
+    E(original, quantity side) (left), and the two tests' p-values (right)."""
+    plt = common.pyplot()
+    S = seeds
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    labels = [f"{r['model'].replace('small_', '')} {float(r['density']):.0%} {r['forget']}"
+              for r in rows]
+    x = np.arange(len(rows))
+    ax = axes[0]
+    ax.bar(x - 0.2, [r["E_original_gold"] for r in rows], 0.4, label="E(original, gold)")
+    ax.bar(x + 0.2, [r["E_original_quantity"] for r in rows], 0.4,
+           label="E(original, quantity side)")
+    ax.errorbar(x - 0.2, [0.5 * (r["null_lo"] + r["null_hi"]) for r in rows],
+                yerr=[0.5 * (r["null_hi"] - r["null_lo"]) for r in rows], fmt="none",
+                ecolor="k", capsize=3, label="95% permutation null (seed noise)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(x, labels, fontsize=7, rotation=90)
+    ax.set_ylabel("energy statistic (Hamming)")
+    ax.legend(fontsize=7)
+    ax.set_title("distance between sides vs seed noise", fontsize=9)
+    ax = axes[1]
+    ax.bar(x - 0.2, [-np.log10(r["p_original_gold"]) for r in rows], 0.4,
+           label=f"original vs gold (smallest p 1/{2 ** (S - 1)})")
+    ax.bar(x + 0.2, [-np.log10(r["p_quantity"]) for r in rows], 0.4,
+           label=f"gold beyond quantity side (smallest p 1/{2 ** S})")
+    ax.axhline(-np.log10(ALPHA), color="r", ls="--", lw=0.8, label=f"p = {ALPHA}")
+    ax.set_xticks(x, labels, fontsize=7, rotation=90)
+    ax.set_ylabel("−log10 p (exact permutation)")
+    ax.legend(fontsize=7)
+    ax.set_title("is there a trace, and is it D_f-specific?", fontsize=9)
+    fig.suptitle(f"Trace map: {subtitle}", fontsize=10)
+    return common.save_figure(fig, out, name)
+
+
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "small_cnn"])
@@ -135,7 +170,7 @@ def main(argv=None) -> Path:
         if len(values) not in (1, len(args.models)):
             p.error(f"--{key.replace('_', '-')}: one value or one per model ({args.models})")
         setattr(args, key, dict(zip(args.models, values * len(args.models))))
-    plt = common.pyplot()
+    common.pyplot()  # fail early without matplotlib
     data = load_dataset("fashion_mnist", args.data_dir)
 
     rows, shared = [], {}
@@ -195,37 +230,9 @@ def main(argv=None) -> Path:
               "model. The original side is shared by a model/density's forget sets: "
               f"{shared} runs reused.")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = [f"{r['model']}\n{r['density']:.0%}\n{r['forget']}" for r in rows]
-    x = np.arange(len(rows))
-    ax = axes[0]
-    ax.bar(x - 0.2, [r["E_original_gold"] for r in rows], 0.4, label="E(original, gold)")
-    ax.bar(x + 0.2, [r["E_original_quantity"] for r in rows], 0.4,
-           label="E(original, quantity side)")
-    ax.errorbar(x - 0.2, [0.5 * (r["null_lo"] + r["null_hi"]) for r in rows],
-                yerr=[0.5 * (r["null_hi"] - r["null_lo"]) for r in rows], fmt="none",
-                ecolor="k", capsize=3, label="95% permutation null (seed noise)")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks(x, labels, fontsize=6)
-    ax.set_ylabel("energy statistic (Hamming)")
-    ax.legend(fontsize=7)
-    ax.set_title("distance between sides vs seed noise", fontsize=9)
-    ax = axes[1]
-    ax.bar(x - 0.2, [-np.log10(r["p_original_gold"]) for r in rows], 0.4,
-           label="original vs gold")
-    ax.bar(x + 0.2, [-np.log10(r["p_quantity"]) for r in rows], 0.4,
-           label="gold beyond quantity side")
-    ax.axhline(-np.log10(ALPHA), color="r", ls="--", lw=0.8, label=f"p = {ALPHA}")
-    ax.axhline(np.log10(2 ** (S - 1)), color="grey", ls=":", lw=0.8,
-               label=f"smallest p (S = {S})")
-    ax.set_xticks(x, labels, fontsize=6)
-    ax.set_ylabel("−log10 p (exact permutation)")
-    ax.legend(fontsize=7)
-    ax.set_title("is there a trace, and is it D_f-specific?", fontsize=9)
     sizes = ", ".join(f"{m} {args.train_size[m]} images × {args.epochs[m]} epochs"
                       for m in args.models)
-    fig.suptitle(f"Trace map: OMP on FashionMNIST ({sizes}; S = {S})", fontsize=10)
-    common.save_figure(fig, out, args.name)
+    draw(rows, S, f"OMP on FashionMNIST ({sizes}; S = {S})", out, args.name)
     print(md.read_text())
     return md
 
