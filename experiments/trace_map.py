@@ -227,9 +227,10 @@ def main(argv=None) -> Path:
               "distance travelled of the quantity side between original (0) and gold (1), "
               "shown only where orig ≠ gold (elsewhere a ratio of noise; the CSV keeps it). "
               "LLR AUC: leave-one-pair-out Bernoulli LLR classifier, symmetric in the sides, "
-              "with the upper end of its permutation null interval. IoU(gold_s, gold_s'): mean IoU between gold masks of different seeds "
-              "(finding 1's noise floor); TA: test accuracy of the original side's seed-0 "
-              "model. The original side is shared by a model/density's forget sets: "
+              "with the upper end of its permutation null interval. IoU(gold_s, gold_s'): "
+              "mean IoU between gold masks of different seeds (finding 1's noise floor); TA: "
+              "test accuracy of the original side's seed-0 model. The original side is shared "
+              "by a model/density's forget sets: "
               f"{shared} runs reused.")
 
     sizes = ", ".join(f"{m} {args.train_size[m]} images × {args.epochs[m]} epochs"
