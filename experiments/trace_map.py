@@ -19,7 +19,8 @@ once per model and density and shared by the forget sets (``pipeline.stage_sides
 contexts and computes identical runs once). Nothing here re-implements a statistic: the sides come
 from ``pipeline.stage_sides``, the measures from ``pipeline.topology_measures``.
 
-    python experiments/trace_map.py --train-size 10000 --epochs 3 --seeds 8   # see README
+    python experiments/trace_map.py --models mlp small_cnn --densities 0.1 0.3 \
+        --train-size 20000 6000 --epochs 5 3 --seeds 8    # 16 min on the shared 2-core CPU
     python experiments/trace_map.py --tiny                                    # seconds, tests
 """
 
