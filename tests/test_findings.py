@@ -68,3 +68,49 @@ def test_unprune_ablation_tiny(tmp_path):
     assert "| reinit | random |" in md and "Command:" in md
     for option in _script("unprune_ablation").OPTIONS:
         assert (tmp_path / f"unprune_ablation_{option}.png").stat().st_size > 10_000
+
+
+def test_trace_map_tiny(tmp_path):
+    import csv
+
+    import numpy as np
+
+    trace_map = _script("trace_map")
+    trace_map.main(["--tiny", "--out", str(tmp_path)])
+    _check_outputs(tmp_path, "trace_map", "E(orig, gold)")
+    rows = list(csv.DictReader(open(tmp_path / "trace_map.csv")))
+    assert [r["forget"] for r in rows] == list(trace_map.FORGET_SETS)
+    sizes = {r["forget"]: int(r["forget_size"]) for r in rows}
+    assert (sizes["random 1%"], sizes["random 10%"], sizes["random 30%"]) == (4, 40, 120)
+    for r in rows:
+        assert int(r["splits"]) == 4  # 2^(S-1) exact splits at S = 3
+        # exact p-values: at least one split in 2^(S-1) = 4 (sides) or 2^S = 8 (quantity)
+        for key, smallest in (("p_original_gold", 1 / 4), ("p_quantity", 1 / 8),
+                              ("auc_p", 1 / 8)):
+            assert smallest - 1e-12 <= float(r[key]) <= 1.0, (key, r[key])
+        assert float(r["quantity_difference"]) == pytest.approx(
+            float(r["E_original_gold"]) - float(r["E_original_quantity"]), abs=1e-12)
+        # with S = 3 no p-value can reach 0.05: the map must not claim a trace
+        assert r["trace"] == "no" and r["D_f_specific"] == "no"
+        assert 0.1 < float(r["TA_original_seed0"]) <= 1.0
+    # the original side is computed once for the 4 forget sets: 3 × 3 seed runs reused
+    prov = json.loads((tmp_path / "trace_map.provenance.json").read_text())
+    assert prov["settings"]["original_runs_shared"] == {"mlp 0.1": 9}
+    # class 0: every class-0 training image is forgotten, none of another class
+    from unprune_jax.data import load_dataset
+    data = load_dataset("fashion_mnist")
+    ns = type("Args", (), {"data_dir": None, "train_size": {"mlp": 200}, "test_size": 200,
+                           "epochs": {"mlp": 1},
+                           "lr": 0.05, "seeds": 2, "forgets": ["class 0"]})
+    ctxs, sides = trace_map.run_sides("mlp", 0.1, ns, data)
+    split = ctxs[0].split
+    assert np.all(data.y[split.forget] == 0)
+    assert np.sum(data.y[split.train] == 0) == split.forget.size > 0
+    # identical sides: no distance, p = 1, no trace
+    same = sides[0]["original"]
+    row = trace_map.setting_row(ctxs[0], {"original": same, "gold": same, "quantity": same},
+                                "class 0", 0.1)
+    assert row["E_original_gold"] == pytest.approx(0.0, abs=1e-12)
+    assert row["p_original_gold"] == 1.0 and row["trace"] == "no"
+    assert row["quantity_difference"] == pytest.approx(0.0, abs=1e-12)
+    assert row["IoU_original_gold_same_seed"] == 1.0
