@@ -214,3 +214,27 @@ def test_every_pruner_runs_through_the_pipeline(tmp_path, pruner):
     assert rows["FT + un-prune"]["density"] == rows["original (pruned on D)"]["density"]
     if pruner == "synflow":  # data-free at initialisation: deleting data cannot change the mask
         assert res["IoU_original_gold"] == 1.0
+
+
+@pytest.mark.parametrize("variant", ["replay", "rescore"])
+def test_dense_side_unpruning_runs_and_resumes_through_the_pipeline(tmp_path, variant):
+    """The replay variant's snapshot is kept by the original side (and round-trips through
+    Orbax); both dense-side variants, with recovery, run from every seed and resume."""
+    cfg = synthetic_cfg("train.epochs=2", "unlearn.methods=['FT']", f"unprune.variant='{variant}'",
+                        "unprune.recovery_epochs=1", "unlearn.settings={FT = {epochs = 1}}")
+    first = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    ctx = pipeline.build_context(cfg, tmp_path, progress=False, say=quiet)
+    sides = pipeline.stage_sides([ctx])[0]
+    tree, meta = sides["original"]
+    if variant == "replay":
+        assert meta["snapshot_epoch"] == 1 and meta["snapshot_bytes"] > 0
+        assert runs.num_runs(tree["snapshot"]) == 2
+    else:
+        assert "snapshot" not in tree
+    cands = pipeline.stage_candidates(ctx, tree)
+    info = cands[("unprune", "FT")][1]["runs"]
+    assert len(info) == 2 and all(len(r["recovery"]) == 1 for r in info)
+    row = {label(r): r for r in first["rows"]}["FT + un-prune"]
+    assert row["density"] == pytest.approx(cfg.prune.density, abs=1e-3)
+    second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
+    assert without_time(second["rows"]) == without_time(first["rows"])

@@ -105,3 +105,34 @@ def test_scores_by_name():
     assert scores.get("snip") is scores.snip
     with pytest.raises(ValueError, match="unknown score 'synflw'.*Did you mean 'synflow'"):
         scores.get("synflw")
+
+
+def test_fisher_is_half_the_empirical_fisher_diagonal_times_theta_squared():
+    """Optimal Brain Damage with the empirical Fisher: a linear softmax model against numpy
+    (per-example gradient of CE w.r.t. W is x ⊗ (softmax − onehot)); chunks do not change it."""
+    import numpy as np
+
+    from unprune_jax import scores
+
+    def apply_fn(p, s, x, train):
+        return x.reshape(x.shape[0], -1) @ p["w"] + p["b"], s
+
+    rng = np.random.default_rng(0)
+    p = {"w": rng.normal(size=(4, 3)).astype(np.float32),
+         "b": rng.normal(size=(3,)).astype(np.float32)}
+    x, y = rng.normal(size=(10, 2, 2)).astype(np.float32), rng.integers(0, 3, 10)
+    gw, gb = [], []
+    for xi, yi in zip(x, y):
+        z = xi.reshape(-1) @ p["w"] + p["b"]
+        q = np.exp(z - z.max())
+        q /= q.sum()
+        q[yi] -= 1
+        gw.append(np.outer(xi.reshape(-1), q) ** 2)
+        gb.append(q ** 2)
+    for chunk in (3, 64):
+        f = scores.fisher(p, {}, apply_fn, x, y, chunk=chunk)
+        np.testing.assert_allclose(f["w"], 0.5 * np.mean(gw, 0) * p["w"] ** 2, rtol=1e-5)
+        np.testing.assert_allclose(f["b"], 0.5 * np.mean(gb, 0) * p["b"] ** 2, rtol=1e-5)
+    m = {"w": np.arange(12).reshape(4, 3) % 2 == 0, "b": np.ones(3, bool)}
+    fm = scores.fisher(p, {}, apply_fn, x, y, mask=m)
+    assert np.all(np.asarray(fm["w"])[~m["w"]] == 0)

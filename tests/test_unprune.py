@@ -1,4 +1,6 @@
-"""Un-pruning (Algorithm 1) against a numpy reference, and the gold standard's determinism."""
+"""Un-pruning (Algorithm 1) against a numpy reference, the variants beyond it against exact
+facts (replaying every epoch is the gold standard; re-scoring unchanged dense weights keeps the
+mask), and the gold standard's determinism."""
 
 import dataclasses
 
@@ -8,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unprune_jax import masks, optim, prune, unlearn
+from unprune_jax import masks, optim, prune, runs, unlearn
 from unprune_jax.data import synthetic_dataset
 from unprune_jax.models import get_model, init_model, make_apply_fn
-from unprune_jax.train import TrainConfig, TrainState
-from unprune_jax.unprune import REGROW_SCORES, UnpruneConfig, regrow_scores, unprune
+from unprune_jax.train import TrainConfig, Trainer, TrainState
+from unprune_jax.unprune import REGROW_SCORES, Origin, UnpruneConfig, regrow_scores, unprune
 
 PCFG = prune.PruneConfig(density=0.2)
 
@@ -123,7 +125,8 @@ def test_bad_unprune_options_are_named(bad):
 
 def test_unknown_unprune_options_list_the_registered_ones_and_suggest_the_closest():
     with pytest.raises(ValueError, match=r"unknown unprune.regrow_score 'gradiant'; known: "
-                       r"\['dense', 'gradient', 'random', 'theta0'\]\. Did you mean 'gradient'"):
+                       r"\['dense', 'fisher', 'gradient', 'random', 'theta0'\]\. "
+                       r"Did you mean 'gradient'"):
         UnpruneConfig(regrow_score="gradiant")
     with pytest.raises(ValueError, match=r"unknown unprune.reinit 'theta_0'.*'theta0'"):
         UnpruneConfig(reinit="theta_0")
@@ -274,3 +277,127 @@ def test_gradient_reprune_keeps_the_top_retained_gradient_scores(setup):
     sc = scores.snip(mid.params, mid.model_state, s["task"].apply_fn, x, y, mask=mid.mask)
     ref = masks.topk_mask(sc, 0.2, s["flags"])
     chex.assert_trees_all_equal(out.mask, ref)
+
+
+# --- the variants beyond Algorithm 1 ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pruned_run():
+    """An OMP run (3 dense epochs, snapshots kept after every epoch) and its gold standard."""
+    ds = synthetic_dataset(n=200, n_test=40, seed=3)
+    model = get_model("mlp", hidden=(12, 8))
+    apply_fn = make_apply_fn(model)
+    params0, ms = init_model(model, jax.random.PRNGKey(0), ds.x[:1])
+    tx = optim.sgd()
+    init = TrainState.create(params0, ms, tx)
+    flags = masks.prunable_leaves(params0)
+    train, retain, forget = np.arange(160), np.arange(0, 140), np.arange(140, 160)
+    tcfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
+    res = prune.run_many(runs.stack([init]), apply_fn, tx, ds, [train], [tcfg], [PCFG], flags,
+                         order_pool=train, keep_epochs=(0, 2, 3),
+                         trainer=Trainer(progress=False))
+    gold = prune.run_many(runs.stack([init]), apply_fn, tx, ds, [retain], [tcfg], [PCFG], flags,
+                          order_pool=train, trainer=Trainer(progress=False))
+    task = unlearn.UnlearnTask(apply_fn, tx, ds, retain, forget, init, progress=False)
+    return dict(res=res, gold=gold, task=task, flags=flags, tcfg=tcfg, train=train)
+
+
+def origin_of(r, snapshot_epoch=None):
+    res = r["res"]
+    return Origin(dense=res.dense, train_cfgs=(r["tcfg"],), order_pool=r["train"],
+                  snapshot=None if snapshot_epoch is None else res.snapshots[snapshot_epoch],
+                  snapshot_epoch=snapshot_epoch)
+
+
+def test_kept_snapshots_are_the_dense_trajectory(pruned_run):
+    res = pruned_run["res"]
+    chex.assert_trees_all_equal(res.snapshots[3].params, res.dense.params)
+    chex.assert_trees_all_equal(res.snapshots[0].params, runs.stack([pruned_run["task"].init])
+                                .params)
+    with pytest.raises(ValueError, match="keep_epochs.*'snip' trains no dense model"):
+        prune.run_many(runs.stack([pruned_run["task"].init]), pruned_run["task"].apply_fn,
+                       pruned_run["task"].tx, pruned_run["task"].dataset, [pruned_run["train"]],
+                       [pruned_run["tcfg"]], [dataclasses.replace(PCFG, method="snip")],
+                       pruned_run["flags"], keep_epochs=(1,))
+
+
+def test_replay_of_every_epoch_is_the_gold_standard(pruned_run):
+    """Replaying all E dense epochs on D_r from θ_0 in the original order is the gold standard's
+    dense run: its mask is the gold mask, exactly."""
+    r = pruned_run
+    cfg = UnpruneConfig(variant="replay", replay_epochs=3)
+    out, info = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None, cfg,
+                        origin=origin_of(r, 0), prune_cfg=PCFG, prunable=r["flags"])
+    gold_mask = prune.select(prune.reprune_scores(runs.unstack(r["gold"].dense)[0].params, PCFG),
+                             0.2, PCFG, r["flags"])
+    chex.assert_trees_all_equal(runs.unstack(out)[0].mask, gold_mask)
+    chex.assert_trees_all_equal(runs.unstack(out)[0].mask, runs.unstack(r["gold"].sparse)[0].mask)
+    assert info["runs"][0]["density"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_replay_refuses_a_snapshot_from_another_epoch(pruned_run):
+    r = pruned_run
+    with pytest.raises(ValueError, match="needs the dense state after epoch 2 of 3; the snapshot "
+                                         "is from epoch 0"):
+        unprune(r["res"].sparse, r["task"], "_identity_for_tests", None,
+                UnpruneConfig(variant="replay", replay_epochs=1), origin=origin_of(r, 0),
+                prune_cfg=PCFG, prunable=r["flags"])
+    with pytest.raises(ValueError, match="needs the original runs' dense snapshot"):
+        unprune(r["res"].sparse, r["task"], "_identity_for_tests", None,
+                UnpruneConfig(variant="replay"), origin=origin_of(r), prune_cfg=PCFG,
+                prunable=r["flags"])
+    with pytest.raises(ValueError, match="replay_epochs 4 is more than the original run's 3"):
+        UnpruneConfig(variant="replay", replay_epochs=4).snapshot_epoch(3)
+
+
+def test_rescore_with_an_identity_dense_method_keeps_the_original_mask(pruned_run):
+    """OMP's mask is the top-d of |θ_dense|: re-scoring θ_dense unchanged gives it back."""
+    r = pruned_run
+    cfg = UnpruneConfig(variant="rescore", dense_method="_identity_for_tests")
+    out, info = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None, cfg,
+                        origin=origin_of(r), prune_cfg=PCFG, prunable=r["flags"])
+    chex.assert_trees_all_equal((out.params, out.mask),
+                                (r["res"].sparse.params, r["res"].sparse.mask))
+    assert info["runs"][0]["changed_vs_original"] == 0
+
+
+def test_rescore_installs_the_new_mask_keeping_kept_weights_and_reviving_from_theta0(pruned_run):
+    r = pruned_run
+    cfg = UnpruneConfig(variant="rescore", dense_method="FT")
+    dense_cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    out, info = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None, cfg,
+                        origin=origin_of(r), prune_cfg=PCFG, prunable=r["flags"],
+                        dense_method_cfg=dense_cfg)
+    new_dense, _ = unlearn.run("FT", r["res"].dense, r["task"], dense_cfg)
+    want = prune.select(prune.reprune_scores(runs.unstack(new_dense)[0].params, PCFG), 0.2, PCFG,
+                        r["flags"])
+    got, old = runs.unstack(out)[0], runs.unstack(r["res"].sparse)[0]
+    chex.assert_trees_all_equal(got.mask, want)
+    f = r["flags"]
+    m_new, m_old = flat(got.mask, f), flat(old.mask, f)
+    assert 0 < info["runs"][0]["changed_vs_original"] and m_new.sum() == m_old.sum()
+    theta, theta_old, theta0 = (flat(t, f) for t in (got.params, old.params,
+                                                     r["task"].init.params))
+    np.testing.assert_array_equal(theta[m_new & m_old], theta_old[m_new & m_old])
+    np.testing.assert_array_equal(theta[m_new & ~m_old], theta0[m_new & ~m_old])
+    assert np.all(theta[~m_new] == 0)
+
+
+def test_recovery_trains_under_the_final_mask_and_keeps_pruned_weights_zero(pruned_run):
+    r = pruned_run
+    cfg = UnpruneConfig(variant="algorithm1", fraction=0.3, recovery_epochs=2, recovery_lr=0.02)
+    out, info = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None, cfg,
+                        origin=origin_of(r), prune_cfg=PCFG, prunable=r["flags"])
+    plain, _ = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None,
+                       dataclasses.replace(cfg, recovery_epochs=0), origin=origin_of(r),
+                       prune_cfg=PCFG, prunable=r["flags"])
+    chex.assert_trees_all_equal(out.mask, plain.mask)
+    assert [h["lr"] for h in info["runs"][0]["recovery"]] == pytest.approx([0.02, 0.02])
+    for p, m in zip(jax.tree.leaves(out.params), jax.tree.leaves(out.mask)):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
+    assert not np.array_equal(flat(out.params, r["flags"]), flat(plain.params, r["flags"]))
+    with pytest.raises(ValueError, match="recovery_epochs needs origin"):
+        unprune(runs.unstack(r["res"].sparse)[0], r["task"], "_identity_for_tests", None, cfg,
+                dense_params=runs.unstack(r["res"].dense)[0].params, prune_cfg=PCFG,
+                prunable=r["flags"])

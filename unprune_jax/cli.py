@@ -23,7 +23,7 @@ from .registry import Registry, closest_name, unknown_name_error
 from .runs import STRATEGIES
 from .scores import SCORES
 from .unlearn import REGISTRY as UNLEARNERS
-from .unprune import REGROW_SCORES, REINITS, REPRUNE_SCORES
+from .unprune import REGROW_SCORES, REINITS, REPRUNE_SCORES, VARIANTS
 
 #: What ``unprune-jax list`` prints: category → its registries (one per setting for the
 #: un-pruning options).
@@ -32,7 +32,7 @@ LISTED: dict[str, tuple[Registry, ...]] = {
     "scores": (SCORES,),
     "unlearners": (UNLEARNERS,),
     "models": (MODELS,),
-    "unprune_options": (REGROW_SCORES, REINITS, REPRUNE_SCORES),
+    "unprune_options": (VARIANTS, REGROW_SCORES, REINITS, REPRUNE_SCORES),
     "strategies": (STRATEGIES,),
 }
 LIST_CATEGORIES = (*LISTED, "datasets")

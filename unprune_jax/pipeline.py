@@ -46,6 +46,7 @@ from .metrics.topology import topology_report
 from .models import get_model, init_model, make_apply_fn
 from .timing import Stopwatch
 from .train import DivergenceError, Trainer, TrainState, predict
+from .unprune import Origin as UnpruneOrigin
 from .unprune import gold_standard, unprune  # noqa: F401  (gold_standard: the K=1 gold side)
 
 SIDES = ("original", "gold", "quantity")
@@ -286,7 +287,9 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
             if side not in sides_of(ctx.cfg):
                 continue
             name = f"sides/{side}"
-            like = {"dense": ctx.stacked_init(), "sparse": ctx.stacked_init()}
+            like = {"dense": ctx.stacked_init(), "sparse": ctx.stacked_init(),
+                    **({"snapshot": ctx.stacked_init()} if _snapshot_epoch(ctx, side) is not None
+                       else {})}
             if ctx.done(name):
                 out[i][side] = ctx.load(name, like)
             else:
@@ -305,6 +308,7 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
                 slots[(i, s)] = unique[key]
         lead = ctxs[requests[0][0]]
         shared = len(todo) * lead.seeds - len(requests)
+        keep = {e for i in todo if (e := _snapshot_epoch(ctxs[i], side)) is not None}
         lead.say(f"[sides/{side}] {len(requests)} pruning runs ({len(todo)} run(s) × "
                  f"{lead.seeds} seeds, {shared} shared)")
         try:
@@ -314,7 +318,8 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
                     lead.dataset, [r.subset for _, r in requests],
                     [r.train_cfg for _, r in requests], [r.prune_cfg for _, r in requests],
                     lead.prunable,
-                    order_pool=lead.split.train, desc=f"{side} ", trainer=lead.trainer)
+                    order_pool=lead.split.train, desc=f"{side} ", trainer=lead.trainer,
+                    keep_epochs=keep)
         except DivergenceError as e:
             raise ValueError(
                 f"the {side} side's training diverged ({e}); lower train.lr, or raise "
@@ -330,9 +335,22 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
             meta["seconds_per_run"] = (meta["seconds"] - meta["compile_seconds"]) / ctx.seeds
             tree = {"dense": runs.stack([dense[j] for j in picks]),
                     "sparse": runs.stack([sparse[j] for j in picks])}
+            if (e := _snapshot_epoch(ctx, side)) is not None:
+                snaps = runs.unstack(res.snapshots[e])
+                tree["snapshot"] = runs.stack([snaps[j] for j in picks])
+                meta["snapshot_epoch"] = e
+                meta["snapshot_bytes"] = int(sum(np.asarray(x).nbytes
+                                                 for x in jax.tree.leaves(tree["snapshot"])))
             ctx.save(f"sides/{side}", tree, meta)
             out[i][side] = (tree, meta)
     return out
+
+
+def _snapshot_epoch(ctx: Context, side: str) -> int | None:
+    """The dense epoch the original side keeps for un-pruning's ``'replay'`` variant, or None."""
+    if side != "original":
+        return None
+    return ctx.cfg.unprune.snapshot_epoch(ctx.cfg.train.epochs)
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -352,8 +370,15 @@ def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tupl
     """``{(kind, method): (S stacked states, meta)}`` for kind ``baseline`` (the method under the
     original masks) and ``unprune`` (wrapped in un-pruning), from each original-side model."""
     cfg, out = ctx.cfg, {}
-    sparse, dense = original["sparse"], original["dense"]
+    sparse = original["sparse"]
     like = ctx.stacked_init()
+    origin = UnpruneOrigin(
+        dense=original["dense"],
+        train_cfgs=tuple(r.train_cfg for r in side_runs(ctx, "original")),
+        order_pool=ctx.split.train, snapshot=original.get("snapshot"),
+        snapshot_epoch=_snapshot_epoch(ctx, "original"))
+    dense_method_cfg = (cfg.method_config(cfg.unprune.dense_method)
+                        if cfg.unprune.variant == "rescore" else None)
     for method in cfg.unlearn.methods:
         method_cfg = cfg.method_config(method)
 
@@ -368,8 +393,9 @@ def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tupl
                 random_params, _ = init_model(ctx.model, jax.random.PRNGKey(cfg.model.seed + 1),
                                               ctx.dataset.x[:1])
             states, info = unprune(sparse, ctx.task(), method, method_cfg, cfg.unprune,
-                                   dense_params=dense.params, prune_cfg=cfg.prune,
-                                   prunable=ctx.prunable, random_params=random_params)
+                                   origin=origin, prune_cfg=cfg.prune, prunable=ctx.prunable,
+                                   random_params=random_params,
+                                   dense_method_cfg=dense_method_cfg)
             return states, {"runs": info["runs"], "diverged": _diverged(info),
                             "method_seconds": info["method_seconds"]}
 

@@ -158,11 +158,13 @@ class PruneResult:
     """``sparse``: the pruned, trained model. ``dense``: the weights the pruner scored last
     (trained dense weights for omp and imp's first round, the last epoch's weights before the
     final soft pruning for sfp, θ_0 for pruning at initialisation). From :func:`run_many` both
-    are K stacked states and ``history`` is a list of K histories."""
+    are K stacked states and ``history`` is a list of K histories. ``snapshots``: ``{epoch: dense
+    state after that many dense epochs}`` for the epochs asked for (``keep_epochs``)."""
 
     dense: TrainState
     sparse: TrainState
     history: dict | list
+    snapshots: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,7 @@ class _Run:
     order_pool: object
     desc: str
     trainer: Trainer
+    keep: tuple = ()
 
     @property
     def cfg(self) -> PruneConfig:  # what the K runs share (method, schedule, selection)
@@ -230,10 +233,11 @@ def _histories(k: int, **phases) -> list[dict]:
 def _omp(r: _Run) -> PruneResult:
     r.check_rewind()
     k = r.cfg.rewind_epoch
-    dense, dense_hist, snaps = r.fit(r.inits, "dense", snapshot_epochs=(k,))
+    dense, dense_hist, snaps = r.fit(r.inits, "dense", snapshot_epochs=(k, *r.keep))
     masks = r.select_each(lambda s, _: scores_lib.magnitude(s.params), dense)
     sparse, hist, _ = r.retrain(r.with_masks(snaps[k], masks), start_epoch=k)
-    return PruneResult(dense, sparse, _histories(len(hist), dense=dense_hist, sparse=hist))
+    return PruneResult(dense, sparse, _histories(len(hist), dense=dense_hist, sparse=hist),
+                       {e: snaps[e] for e in r.keep})
 
 
 def _imp(r: _Run) -> PruneResult:
@@ -243,16 +247,16 @@ def _imp(r: _Run) -> PruneResult:
     for i in range(1, rounds + 1):
         trained, hist, snaps = r.fit(state, f"round {i}/{rounds} ",
                                      start_epoch=0 if i == 1 else k,
-                                     snapshot_epochs=(k,) if i == 1 else ())
+                                     snapshot_epochs=(k, *r.keep) if i == 1 else ())
         if i == 1:
-            dense, rewind = trained, snaps[k]
+            dense, rewind, kept = trained, snaps[k], {e: snaps[e] for e in r.keep}
         phases[f"round{i}"] = hist
         masks = r.select_each(lambda s, _: scores_lib.magnitude(s.params), trained,
                               lambda c, i=i: c.density ** (i / rounds), candidates=masks)
         state = r.with_masks(rewind, masks)
     sparse, hist, _ = r.retrain(state, start_epoch=k)
     phases["sparse"] = hist
-    return PruneResult(dense, sparse, _histories(len(hist), **phases))
+    return PruneResult(dense, sparse, _histories(len(hist), **phases), kept)
 
 
 def _at_init(r: _Run, masks) -> PruneResult:
@@ -379,6 +383,7 @@ def run_many(
     order_pool=None,
     desc: str = "",
     trainer: Trainer | None = None,
+    keep_epochs=(),
 ) -> PruneResult:
     """K pruning runs at once: run k is pruner ``cfgs[k].method`` from ``unstack(inits)[k]`` on
     ``dataset[subsets[k]]``, its training loops batched with the others' (``trainer``).
@@ -393,6 +398,9 @@ def run_many(
         prunable: narrowed by :func:`prunable_for`.
         order_pool: see ``train.epoch_order`` (shared by all runs).
         trainer: runs the loops (default ``Trainer()``, which picks the fastest K-run strategy).
+        keep_epochs: dense epochs after which the dense states are kept (``PruneResult.
+            snapshots``; un-pruning's ``'replay'`` variant). Only pruners that train dense
+            (omp, imp) have them.
 
     Returns:
         A :class:`PruneResult` of K stacked states and K histories.
@@ -408,10 +416,17 @@ def run_many(
     if any(c != shared[0] for c in shared):
         raise ValueError("prune.run_many: the K runs must share the pruner and its settings "
                          "(only seed and density may differ)")
+    keep = tuple(sorted({int(e) for e in keep_epochs}))
+    if keep and cfgs[0].method not in ("omp", "imp"):
+        raise ValueError(f"prune.run_many: keep_epochs {list(keep)} asks for dense snapshots, "
+                         f"but pruner {cfgs[0].method!r} trains no dense model (omp and imp do)")
+    if keep and (keep[0] < 0 or keep[-1] > train_cfgs[0].epochs):
+        raise ValueError(f"prune.run_many: keep_epochs {list(keep)} outside the "
+                         f"{train_cfgs[0].epochs} dense epochs")
     params0 = runs.unstack(inits.params)[0]
     r = _Run(inits, apply_fn, tx, dataset, subsets, train_cfgs, cfgs,
              prunable_for(cfgs[0], prunable, params0), order_pool, desc,
-             Trainer() if trainer is None else trainer)
+             Trainer() if trainer is None else trainer, keep)
     return PRUNERS.get(cfgs[0].method)(r)
 
 
