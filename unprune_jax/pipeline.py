@@ -341,6 +341,9 @@ def stage_sides(ctxs: Sequence[Context]) -> list[dict[str, tuple[dict, dict]]]:
                 meta["snapshot_epoch"] = e
                 meta["snapshot_bytes"] = int(sum(np.asarray(x).nbytes
                                                  for x in jax.tree.leaves(tree["snapshot"])))
+                ctx.say(f"[sides/original] keeps the dense states after epoch {e} for "
+                        f"un-pruning's replay: {meta['snapshot_bytes'] / 2**20:.1f} MiB "
+                        f"(uncompressed) for {ctx.seeds} seeds")
             ctx.save(f"sides/{side}", tree, meta)
             out[i][side] = (tree, meta)
     return out
