@@ -46,8 +46,19 @@ FORGET_SETS = {"random 10%": (0.1, None), "class 0": (None, (0,))}
 ALPHA = 0.05
 #: the unlearning method every variant is composed with, and its settings
 METHOD, METHOD_CFG = "FT", TrainConfig(epochs=1, lr=0.01)
-#: the dense-side unlearners' settings (one epoch each)
-DENSE_CFGS = {"FT": TrainConfig(epochs=1, lr=0.01), "NegGrad+": None}
+#: the dense-side unlearners' settings (FT: one epoch; NegGrad+ and IU: registry defaults; GA:
+#: one full-batch ascent step, sized per setting by :func:`ga_step`)
+DENSE_CFGS = {"FT": TrainConfig(epochs=1, lr=0.01), "NegGrad+": None, "IU": None}
+
+
+def ga_step(ctx: pipeline.Context) -> TrainConfig:
+    """One gradient-ascent step on D_f's mean loss from θ_dense, no momentum or decay, with the
+    step size of D_f's first-order share of the training trajectory: each of its examples took
+    part in E steps of lr/B each, so removing it moves θ by about lr·E·|D_f|/B times the mean
+    D_f gradient (the single-gradient unlearning of Thudi et al., 2022, on the dense side)."""
+    t, n = ctx.cfg.train, int(ctx.split.forget.size)
+    return TrainConfig(epochs=1, batch_size=n, lr=t.lr * t.epochs * n / t.batch_size,
+                       momentum=0.0, weight_decay=0.0)
 
 
 def replay_name(r: int, epochs: int) -> str:
@@ -55,26 +66,45 @@ def replay_name(r: int, epochs: int) -> str:
             if r == epochs else f"replay last {r} of {epochs} dense epochs on D_r + recovery")
 
 
+def bare_name(r: int, epochs: int) -> str:
+    return f"replay last {r} of {epochs} dense epochs on D_r only (no FT, no recovery)"
+
+
 def variants(recovery: int, replays=(1,), epochs: int = 5) -> dict[str, UnpruneConfig]:
     """The variants searched: the paper's Algorithm 1 with and without recovery, retained-data
-    recomputation (Fisher/OBD scores, two rounds), dense-side re-scoring after FT or NegGrad+ on
-    θ_dense, and replay of the last R dense epochs on D_r for each R of ``replays`` (R = E, the
+    recomputation (|θ ⊙ ∇L_Dr| or Fisher/OBD scores, two rounds), dense-side re-scoring after FT,
+    NegGrad+, one GA step on D_f or IU's inverse-Hessian step on θ_dense, and replay of the last
+    R dense epochs on D_r for each R of ``replays`` (R = E, the
     whole dense run, is a positive control: its masks are the gold masks). Every variant but the
-    paper's ends with ``recovery`` epochs of training under the final mask."""
+    paper's ends with ``recovery`` epochs of training under the final mask, except the longest
+    partial replay's bare twin: the replay alone, no unlearner, no recovery (the cheapest use of
+    replayed epochs)."""
     rec = {"recovery_epochs": recovery}
     replay = {replay_name(r, epochs): UnpruneConfig(variant="replay", replay_epochs=r,
                                                     reinit="dense", **rec)
               for r in sorted({min(r, epochs) for r in replays})}
+    # the cheapest way to spend the replay: the longest partial replay with nothing after it
+    # (no unlearner, no recovery): is its accuracy still near gold's?
+    partial = [r for r in replays if r < epochs]
+    bare = {bare_name(max(partial), epochs): UnpruneConfig(
+        variant="replay", replay_epochs=max(partial), reinit="dense")} if partial else {}
     return {
         "Algorithm 1 (paper)": UnpruneConfig(),
         "Algorithm 1 + recovery": UnpruneConfig(**rec),
+        "D_r gradient |θ ⊙ ∇L_Dr|, 2 rounds + recovery": UnpruneConfig(
+            regrow_score="gradient", reprune_score="gradient", rounds=2, **rec),
         "D_r Fisher (OBD), 2 rounds + recovery": UnpruneConfig(
             regrow_score="fisher", reprune_score="fisher", rounds=2, **rec),
         "rescore after FT on θ_dense + recovery": UnpruneConfig(
             variant="rescore", dense_method="FT", reinit="dense", **rec),
         "rescore after NegGrad+ on θ_dense + recovery": UnpruneConfig(
             variant="rescore", dense_method="NegGrad+", reinit="dense", **rec),
+        "rescore after one GA step on D_f (θ_dense) + recovery": UnpruneConfig(
+            variant="rescore", dense_method="GA", reinit="dense", **rec),
+        "rescore after IU's inverse-Hessian step on θ_dense + recovery": UnpruneConfig(
+            variant="rescore", dense_method="IU", reinit="dense", **rec),
         **replay,
+        **bare,
     }
 
 
@@ -128,13 +158,18 @@ def run_setting(model: str, forget: str, args, data) -> list[dict]:
     train_cfgs = tuple(r.train_cfg for r in pipeline.side_runs(ctx, "original"))
     results, costs, diverged = {}, {}, {}
     for name, ucfg in variants(args.recovery, replays, epochs).items():
-        dense_cfg = DENSE_CFGS.get(ucfg.dense_method) if ucfg.variant == "rescore" else None
+        dense_cfg = None
+        if ucfg.variant == "rescore":
+            dense_cfg = ga_step(ctx) if ucfg.dense_method == "GA" else DENSE_CFGS[
+                ucfg.dense_method]
         own = sides_of.get(ucfg.replay_epochs, sides) if ucfg.variant == "replay" else sides
         origin = Origin(dense=original["dense"], train_cfgs=train_cfgs,
                         order_pool=ctx.split.train, snapshot=own["original"][0].get("snapshot"),
                         snapshot_epoch=own["original"][1].get("snapshot_epoch"))
         with Stopwatch() as sw:
-            states, info = unprune(original["sparse"], ctx.task(), METHOD, METHOD_CFG, ucfg,
+            method_cfg = (dataclasses.replace(METHOD_CFG, epochs=0) if name.endswith(
+                "(no FT, no recovery)") else METHOD_CFG)
+            states, info = unprune(original["sparse"], ctx.task(), METHOD, method_cfg, ucfg,
                                    origin=origin, prune_cfg=ctx.cfg.prune,
                                    prunable=ctx.prunable, dense_method_cfg=dense_cfg)
         results[name] = states
@@ -275,8 +310,9 @@ def main(argv=None) -> Path:
         {"settings": args.settings, "pruner": f"omp {args.density:.0%} (global, weight)",
          "train_size": args.train_size, "epochs": args.epochs, "lr": args.lr, "seeds_S": S,
          "method": f"{METHOD} {dataclasses.asdict(METHOD_CFG)}",
-         "dense_methods": {k: (dataclasses.asdict(v) if v else "registry defaults")
-                           for k, v in DENSE_CFGS.items()},
+         "dense_methods": {**{k: (dataclasses.asdict(v) if v else "registry defaults")
+                              for k, v in DENSE_CFGS.items()},
+                           "GA": "one full-batch step, lr = train.lr·E·|D_f|/B (ga_step)"},
          "recovery_epochs": args.recovery,
          "variants": {n: dataclasses.asdict(v) for m in set(args.epochs.values())
                       for n, v in variants(args.recovery, args.replay_epochs, m).items()},
