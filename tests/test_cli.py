@@ -52,8 +52,10 @@ def test_list_describes_every_entry_of_every_category(capsys):
         "pruners": list(prune.PRUNERS), "scores": list(scores.SCORES),
         "unlearners": list(unlearn.REGISTRY), "models": list(MODELS),
         "datasets": list(DATASET_NAMES), "strategies": ["auto", "vmap", "map", "loop", "shard"],
-        "unprune_options": [f"regrow_score={n}" for n in ("dense", "theta0", "gradient", "random")]
-        + ["reinit=theta0", "reinit=random", "reprune_score=magnitude", "reprune_score=gradient"],
+        "unprune_options": [f"variant={n}" for n in ("algorithm1", "rescore", "replay")]
+        + [f"regrow_score={n}" for n in ("dense", "theta0", "gradient", "fisher", "random")]
+        + ["reinit=theta0", "reinit=dense", "reinit=random", "reprune_score=magnitude",
+           "reprune_score=gradient", "reprune_score=fisher"],
     }
     sections = dict(re.findall(r"^(\w+):\n((?:  .*\n?)+)", out, flags=re.M))
     assert list(sections) == list(cli.LIST_CATEGORIES) and set(sections) == set(names)
