@@ -103,7 +103,7 @@ def write_table(rows: Sequence[dict], columns: Sequence[Column], out: Path, name
     def cell(v, fmt):
         if v is None or (isinstance(v, float) and v != v):
             return "—"
-        return format(v, fmt) if fmt else str(v)
+        return (format(v, fmt) if fmt else str(v)).replace("|", "\\|")  # a cell's own bars
 
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
              "|" + "---|" * len(columns)]
