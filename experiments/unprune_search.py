@@ -66,16 +66,25 @@ def replay_name(r: int, epochs: int) -> str:
             if r == epochs else f"replay last {r} of {epochs} dense epochs on D_r + recovery")
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One searched variant: its un-pruning settings, and whether it runs :data:`METHOD` (False:
+    the variant's own work and nothing after it)."""
+
+    cfg: UnpruneConfig
+    compose: bool = True
+
+
 def bare_name(r: int, epochs: int) -> str:
     return f"replay last {r} of {epochs} dense epochs on D_r only (no FT, no recovery)"
 
 
-def variants(recovery: int, replays=(1,), epochs: int = 5) -> dict[str, UnpruneConfig]:
+def variants(recovery: int, replays=(1,), epochs: int = 5) -> dict[str, Variant]:
     """The variants searched: the paper's Algorithm 1 with and without recovery, retained-data
     recomputation (|θ ⊙ ∇L_Dr| or Fisher/OBD scores, two rounds), dense-side re-scoring after FT,
     NegGrad+, one GA step on D_f or IU's inverse-Hessian step on θ_dense, and replay of the last
-    R dense epochs on D_r for each R of ``replays`` (R = E, the
-    whole dense run, is a positive control: its masks are the gold masks). Every variant but the
+    R dense epochs on D_r for each R of ``replays`` (R = E, the whole dense run, is a positive
+    control: its masks are the gold masks). Every variant but the
     paper's ends with ``recovery`` epochs of training under the final mask, except the longest
     partial replay's bare twin: the replay alone, no unlearner, no recovery (the cheapest use of
     replayed epochs)."""
@@ -86,9 +95,10 @@ def variants(recovery: int, replays=(1,), epochs: int = 5) -> dict[str, UnpruneC
     # the cheapest way to spend the replay: the longest partial replay with nothing after it
     # (no unlearner, no recovery): is its accuracy still near gold's?
     partial = [r for r in replays if r < epochs]
-    bare = {bare_name(max(partial), epochs): UnpruneConfig(
-        variant="replay", replay_epochs=max(partial), reinit="dense")} if partial else {}
-    return {
+    bare = {bare_name(max(partial), epochs): Variant(UnpruneConfig(
+        variant="replay", replay_epochs=max(partial), reinit="dense"), compose=False)
+        } if partial else {}
+    plain = {
         "Algorithm 1 (paper)": UnpruneConfig(),
         "Algorithm 1 + recovery": UnpruneConfig(**rec),
         "D_r gradient |θ ⊙ ∇L_Dr|, 2 rounds + recovery": UnpruneConfig(
@@ -104,6 +114,8 @@ def variants(recovery: int, replays=(1,), epochs: int = 5) -> dict[str, UnpruneC
         "rescore after IU's inverse-Hessian step on θ_dense + recovery": UnpruneConfig(
             variant="rescore", dense_method="IU", reinit="dense", **rec),
         **replay,
+    }
+    return {**{n: Variant(c) for n, c in plain.items()},
         **bare,
     }
 
@@ -133,17 +145,6 @@ def accuracies(ctx: pipeline.Context, stacked) -> dict:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def _diverged(info: dict) -> int:
-    """How many of the S runs had a diverging dense method or unlearner (kept their last good
-    state: for a dense method diverging in its first epoch, the original dense weights)."""
-    n = 0
-    for run in info["runs"]:
-        msgs = [run.get("dense", {}).get("diverged")]
-        msgs += [r["method"].get("diverged") for r in run.get("rounds", [])]
-        n += any(msgs)
-    return n
-
-
 def run_setting(model: str, forget: str, args, data) -> list[dict]:
     epochs = args.epochs[model]
     replays = sorted({min(r, epochs) for r in args.replay_epochs})
@@ -157,7 +158,8 @@ def run_setting(model: str, forget: str, args, data) -> list[dict]:
     S = ctx.seeds
     train_cfgs = tuple(r.train_cfg for r in pipeline.side_runs(ctx, "original"))
     results, costs, diverged = {}, {}, {}
-    for name, ucfg in variants(args.recovery, replays, epochs).items():
+    for name, variant in variants(args.recovery, replays, epochs).items():
+        ucfg = variant.cfg
         dense_cfg = None
         if ucfg.variant == "rescore":
             dense_cfg = ga_step(ctx) if ucfg.dense_method == "GA" else DENSE_CFGS[
@@ -167,14 +169,16 @@ def run_setting(model: str, forget: str, args, data) -> list[dict]:
                         order_pool=ctx.split.train, snapshot=own["original"][0].get("snapshot"),
                         snapshot_epoch=own["original"][1].get("snapshot_epoch"))
         with Stopwatch() as sw:
-            method_cfg = (dataclasses.replace(METHOD_CFG, epochs=0) if name.endswith(
-                "(no FT, no recovery)") else METHOD_CFG)
+            method_cfg = (METHOD_CFG if variant.compose
+                          else dataclasses.replace(METHOD_CFG, epochs=0))
             states, info = unprune(original["sparse"], ctx.task(), METHOD, method_cfg, ucfg,
                                    origin=origin, prune_cfg=ctx.cfg.prune,
                                    prunable=ctx.prunable, dense_method_cfg=dense_cfg)
         results[name] = states
         costs[name] = (sw.seconds - sw.compile_seconds) / S / gold_per_run
-        diverged[name] = _diverged(info)
+        # a diverging method keeps its last good state (a dense method diverging in its first
+        # epoch leaves θ_dense as it was): the table counts such runs
+        diverged[name] = sum(m is not None for m in pipeline.divergences(info))
         print(f"[{model} {forget}] {name}: {sw.seconds:.1f} s for {S} runs", flush=True)
 
     masks = {side: runs.unstack(tree["sparse"].mask) for side, (tree, _) in sides.items()}

@@ -179,13 +179,22 @@ def test_run_dir_with_another_config_is_refused(tmp_path):
         ("unlearn.methods=['FT', 'GAA']", "unknown unlearning method 'GAA'.*Did you mean 'GA'"),
         ("trian.epochs=2", "unknown config key trian.*Did you mean 'train'"),
         ("data.forget_fraction=0.0", "0.0"),
+        ("unprune={variant = 'replay', replay_epochs = 9}",
+         "replay_epochs 9 is more than the original run's 3 dense epochs"),
+        ("prune={method = 'imp', density = 0.1}\nunprune={variant = 'rescore'}", None),
     ],
 )
 def test_bad_config_gets_a_clear_error(tmp_path, override, message, capsys):
-    code = cli.main(["run", "-r", str(tmp_path / "r"), "-o", "data.name=synthetic", "-o",
-                     override, "--no-progress"])
+    overrides = [x for o in override.split("\n") for x in ("-o", o)]
+    code = cli.main(["run", "-r", str(tmp_path / "r"), "-o", "data.name=synthetic", *overrides,
+                     "--no-progress"])
     assert code == 2
+    message = message or ("unprune.variant='rescore' re-scores dense weights.*prune.method is "
+                          "'imp'")
     assert __import__("re").search(message, capsys.readouterr().err)
+    # refused before anything was computed
+    assert not (tmp_path / "r" / "stages").exists() or not any((tmp_path / "r" / "stages")
+                                                                .iterdir())
 
 
 def test_missing_data_directory_is_named(tmp_path, capsys):

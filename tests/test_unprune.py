@@ -19,15 +19,20 @@ from unprune_jax.unprune import REGROW_SCORES, Origin, UnpruneConfig, regrow_sco
 PCFG = prune.PruneConfig(density=0.2)
 
 
-@pytest.fixture(scope="module")
-def setup():
-    ds = synthetic_dataset(n=200, n_test=40, seed=1)
+def tiny_mlp(seed: int):
+    """A synthetic dataset and a small MLP at θ_0: ``(ds, apply_fn, tx, init, flags)``."""
+    ds = synthetic_dataset(n=200, n_test=40, seed=seed)
     model = get_model("mlp", hidden=(12, 8))
-    apply_fn = make_apply_fn(model)
     params0, ms = init_model(model, jax.random.PRNGKey(0), ds.x[:1])
     tx = optim.sgd()
-    init = TrainState.create(params0, ms, tx)
-    flags = masks.prunable_leaves(params0)
+    return ds, make_apply_fn(model), tx, TrainState.create(params0, ms, tx), \
+        masks.prunable_leaves(params0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ds, apply_fn, tx, init, flags = tiny_mlp(1)
+    params0 = init.params
     rng = np.random.default_rng(0)
     trained = jax.tree.map(lambda p: p + 0.3 * rng.normal(size=p.shape).astype(np.float32),
                            params0)
@@ -285,13 +290,7 @@ def test_gradient_reprune_keeps_the_top_retained_gradient_scores(setup):
 @pytest.fixture(scope="module")
 def pruned_run():
     """An OMP run (3 dense epochs, snapshots kept after every epoch) and its gold standard."""
-    ds = synthetic_dataset(n=200, n_test=40, seed=3)
-    model = get_model("mlp", hidden=(12, 8))
-    apply_fn = make_apply_fn(model)
-    params0, ms = init_model(model, jax.random.PRNGKey(0), ds.x[:1])
-    tx = optim.sgd()
-    init = TrainState.create(params0, ms, tx)
-    flags = masks.prunable_leaves(params0)
+    ds, apply_fn, tx, init, flags = tiny_mlp(3)
     train, retain, forget = np.arange(160), np.arange(0, 140), np.arange(140, 160)
     tcfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
     res = prune.run_many(runs.stack([init]), apply_fn, tx, ds, [train], [tcfg], [PCFG], flags,
@@ -401,3 +400,33 @@ def test_recovery_trains_under_the_final_mask_and_keeps_pruned_weights_zero(prun
         unprune(runs.unstack(r["res"].sparse)[0], r["task"], "_identity_for_tests", None, cfg,
                 dense_params=runs.unstack(r["res"].dense)[0].params, prune_cfg=PCFG,
                 prunable=r["flags"])
+
+
+def test_dense_side_variants_refuse_pruners_they_cannot_rerun_and_misstacked_origins(pruned_run):
+    """Re-scoring is the pruner's mask only for one-shot selections on stored dense weights: IMP
+    (iterative) and pruning at initialisation are refused, not silently approximated."""
+    r = pruned_run
+    for variant, method in (("rescore", "imp"), ("rescore", "snip"), ("replay", "sfp")):
+        with pytest.raises(ValueError, match=f"variant='{variant}'.*prune.method is '{method}'"):
+            unprune(r["res"].sparse, r["task"], "_identity_for_tests", None,
+                    UnpruneConfig(variant=variant), origin=origin_of(r),
+                    prune_cfg=dataclasses.replace(PCFG, method=method), prunable=r["flags"])
+    two = runs.stack(runs.unstack(r["res"].sparse) * 2)
+    with pytest.raises(ValueError, match=r"2 run\(s\) but origin holds .*'train_cfgs': 1"):
+        unprune(two, r["task"], "_identity_for_tests", None, UnpruneConfig(variant="rescore"),
+                origin=origin_of(r), prune_cfg=PCFG, prunable=r["flags"])
+
+
+def test_a_diverging_dense_method_is_reported_not_hidden(pruned_run):
+    """A dense-side method that diverges keeps θ_dense's last good state (the mask may not move
+    at all): the pipeline's divergence column must say so."""
+    from unprune_jax import pipeline
+
+    r = pruned_run
+    cfg = UnpruneConfig(variant="rescore", dense_method="GA")
+    _, info = unprune(r["res"].sparse, r["task"], "_identity_for_tests", None, cfg,
+                      origin=origin_of(r), prune_cfg=PCFG, prunable=r["flags"],
+                      dense_method_cfg=TrainConfig(epochs=2, batch_size=32, lr=50.0, max_loss=3.0))
+    assert info["runs"][0]["dense"]["diverged"]
+    (msg,) = pipeline.divergences(info)
+    assert msg.startswith("dense side: ") and "max_loss=3.0" in msg

@@ -47,7 +47,11 @@ from .models import get_model, init_model, make_apply_fn
 from .timing import Stopwatch
 from .train import DivergenceError, Trainer, TrainState, predict
 from .unprune import Origin as UnpruneOrigin
-from .unprune import gold_standard, unprune  # noqa: F401  (gold_standard: the K=1 gold side)
+from .unprune import (
+    check_variant,
+    gold_standard,  # noqa: F401  (the K=1 gold side)
+    unprune,
+)
 
 SIDES = ("original", "gold", "quantity")
 
@@ -149,6 +153,8 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
     init = TrainState.create(params, model_state, tx, seed=cfg.model.seed)
+    check_variant(cfg.unprune, cfg.prune)  # before any stage is computed
+    cfg.unprune.snapshot_epoch(cfg.train.epochs)
     prunable = prune_lib.prunable_for(cfg.prune, masks_lib.prunable_leaves(
         params, cfg.model.prunable_include, cfg.model.prunable_exclude
     ), params)
@@ -359,12 +365,15 @@ def _snapshot_epoch(ctx: Context, side: str) -> int | None:
 # --- candidates -------------------------------------------------------------------------------
 
 
-def _diverged(metrics: dict) -> list:
-    """Per run: the divergence message of an unlearning (or un-pruning round), or None."""
+def divergences(metrics: dict) -> list:
+    """Per run: the divergence message of an unlearning, an un-pruning round or un-pruning's
+    dense-side method (which then leaves θ_dense at its last good state), or None."""
     out = []
     for m in metrics["runs"]:
         rounds = m.get("rounds")
         msgs = [r["method"].get("diverged") for r in rounds] if rounds else [m.get("diverged")]
+        dense = m.get("dense", {}).get("diverged")
+        msgs.append(dense and f"dense side: {dense}")
         out.append(next((x for x in msgs if x), None))
     return out
 
@@ -388,7 +397,7 @@ def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tupl
         def baseline(method=method, method_cfg=method_cfg):
             states, m = unlearn_lib.run(method, sparse, ctx.task(), method_cfg,
                                         on_divergence="keep_last_good")
-            return states, {"runs": m["runs"], "batched": m["batched"], "diverged": _diverged(m)}
+            return states, {"runs": m["runs"], "batched": m["batched"], "diverged": divergences(m)}
 
         def unpruned(method=method, method_cfg=method_cfg):
             random_params = None
@@ -399,7 +408,7 @@ def stage_candidates(ctx: Context, original: dict) -> dict[tuple[str, str], tupl
                                    origin=origin, prune_cfg=cfg.prune, prunable=ctx.prunable,
                                    random_params=random_params,
                                    dense_method_cfg=dense_method_cfg)
-            return states, {"runs": info["runs"], "diverged": _diverged(info),
+            return states, {"runs": info["runs"], "diverged": divergences(info),
                             "method_seconds": info["method_seconds"]}
 
         out[("baseline", method)] = ctx.stage(f"unlearn/{method}", like, baseline)
@@ -593,4 +602,4 @@ def run(cfg: Config, run_dir: str | Path, *, progress: bool = True, say=print,
 
 
 __all__ = ["run", "run_contexts", "build_context", "evaluate", "stage_sides", "stage_candidates",
-           "side_runs", "quantity_removed", "Context", "SIDES"]
+           "side_runs", "quantity_removed", "divergences", "Context", "SIDES"]

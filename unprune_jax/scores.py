@@ -62,7 +62,8 @@ def fisher(params, model_state, apply_fn, x, y, *, mask=None, chunk: int = 64):
     cross-entropies ℓ_n on ``(x, y)`` in eval mode (Theis et al., 2018, "Faster gaze prediction
     with dense networks and Fisher pruning"). Examples go through in chunks of ``chunk``
     (per-example gradients are ``chunk`` × the parameters). With ``mask``, the loss is evaluated
-    at θ ⊙ M and pruned entries score 0.
+    at θ ⊙ M and pruned entries score 0. (SFR-on's "Fisher", ``unlearn.sfron.fisher_diagonal``,
+    is another estimator: squared *batch-mean* gradients, as its authors define it.)
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     n = y.shape[0]

@@ -130,6 +130,23 @@ class UnpruneConfig:
         return train_epochs - self.replay_epochs
 
 
+#: The pruners whose mask is one selection by the criterion ``prune.reprune_scores`` on the dense
+#: weights they store: only there does re-scoring new dense weights mean "what this pruner would
+#: have kept". IMP prunes iteratively over rounds; SNIP, SynFlow and random score θ_0.
+DENSE_SIDE_PRUNERS = {"rescore": ("omp", "sfp"), "replay": ("omp",)}
+
+
+def check_variant(cfg: UnpruneConfig, prune_cfg) -> None:
+    """Refuses a dense-side variant on a pruner it cannot re-run (see
+    :data:`DENSE_SIDE_PRUNERS`): its result would silently not be that pruner's mask."""
+    valid = DENSE_SIDE_PRUNERS.get(cfg.variant)
+    if valid is not None and prune_cfg.method not in valid:
+        raise ValueError(
+            f"unprune.variant={cfg.variant!r} re-scores dense weights with the pruner's one-shot "
+            f"criterion, which is the pruner's mask only for {list(valid)}; prune.method is "
+            f"{prune_cfg.method!r} (use unprune.variant='algorithm1')")
+
+
 @dataclasses.dataclass(frozen=True)
 class Origin:
     """What the original pruning runs leave for un-pruning besides the sparse models (stacked
@@ -303,9 +320,14 @@ def unprune(
         dense_params = origin.dense.params
     elif not stacked:
         dense_params = runs.stack([dense_params])
-    if origin is not None and len(origin.train_cfgs) != k:
-        raise ValueError(f"unprune: origin has {len(origin.train_cfgs)} training configs for "
-                         f"{k} runs")
+    check_variant(cfg, prune_cfg)
+    if origin is not None:
+        sizes = {"train_cfgs": len(origin.train_cfgs), "dense": runs.num_runs(origin.dense),
+                 **({} if origin.snapshot is None
+                    else {"snapshot": runs.num_runs(origin.snapshot)})}
+        if any(n != k for n in sizes.values()):
+            raise ValueError(f"unprune: {k} run(s) but origin holds {sizes}; stack origin's "
+                             "entries like the states (one per run)")
     if cfg.recovery_epochs and origin is None:
         raise ValueError("unprune.recovery_epochs needs origin (the original training configs)")
     job = _Job(task, method, method_cfg, cfg, prune_cfg,
