@@ -1,16 +1,19 @@
 """K runs at once: aggregate throughput of ``train.Trainer.fit_many`` per strategy against the loop.
 
-For each K in ``--k`` and each strategy (``loop``, ``vmap``, ``map``, ``auto``, and ``loop`` /
-``vmap`` with ``scan_epoch=True``), one epoch of ``fit_many`` over K runs, each on its own subset of
-``--batches`` × ``--batch`` synthetic images (different init seeds, masks and data orders; a 10%
-random global top-k mask, ``optim.sgd``), is timed after an untimed identical call (compilation and
-``auto``'s own timing). Aggregate img/s = K × images per run / wall seconds; every ratio is against
-the ``loop`` strategy at the same K, measured in the same run, repeats interleaved round-robin.
+For each K in ``--k`` and each strategy (``loop``, ``spread``, ``vmap``, ``map``, ``auto``, and
+``loop`` / ``vmap`` with ``scan_epoch=True``), one epoch of ``fit_many`` over K runs, each on its
+own subset of ``--batches`` × ``--batch`` synthetic images (different init seeds, masks and data
+orders; a 10% random global top-k mask, ``optim.sgd``), is timed after an untimed identical call
+(compilation and ``auto``'s own timing). Aggregate img/s = K × images per run / wall seconds;
+every ratio is against the ``loop`` strategy at the same K, measured in the same run, repeats
+interleaved round-robin.
 The second table gives XLA's compiled memory (``runs.strategy_memory``: arguments + outputs −
 aliases + temporaries of one K-run step) per K, to show it grows linearly in K.
 
 Goals (issue 7): never below 1.0× the loop (``auto``); on a GPU ≥ 4× the single-run throughput at
-K = 8 for the small CNN.
+K = 8 for the small CNN. Issue 16: on a 2-core CPU, K = 8 small CNN runs ≥ 1.6× the loop. The CPU
+gets one device per core (``--cpu-devices``, default), where ``spread`` steps one run per core;
+the loop and the other strategies run on device 0 with every core for its kernels.
 
     python benchmarks/bench_runs.py                        # small_cnn on this machine
     python benchmarks/bench_runs.py --device gpu --model resnet18 --k 1 2 4 8
@@ -40,8 +43,8 @@ from unprune_jax.train import TrainConfig, Trainer, TrainState, make_train_step 
 
 SHAPES = {"small_cnn": (28, 28, 1), "mlp": (28, 28, 1), "resnet18": (32, 32, 3)}
 # (label, strategy, scan_epoch)
-STRATEGIES = [("loop", "loop", False), ("vmap", "vmap", False), ("map", "map", False),
-              ("auto", "auto", False), ("loop + scan_epoch", "loop", True),
+STRATEGIES = [("loop", "loop", False), ("spread", "spread", False), ("vmap", "vmap", False),
+              ("map", "map", False), ("auto", "auto", False), ("loop + scan_epoch", "loop", True),
               ("vmap + scan_epoch", "vmap", True)]
 
 
@@ -58,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--strategies", nargs="+", default=[s[0] for s in STRATEGIES],
                    choices=[s[0] for s in STRATEGIES])
     p.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="CPU devices (runs.use_cpu_cores; default one per core, 1: one device "
+                   "whose kernels use every core)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")
     args = p.parse_args(argv)
     if args.smoke:
@@ -106,11 +112,16 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device:
         jax.config.update("jax_platforms", args.device)
+    runs.use_cpu_cores(args.cpu_devices)
+    if len(jax.devices()) == 1 and "spread" in args.strategies:
+        args.strategies.remove("spread")  # one device: spread is the loop
     print(f"# K runs per strategy vs the loop: {args.model}"
           f"{'' if args.dtype is None else f' ({args.dtype})'}, batch {args.batch}, "
           f"{args.batches} batches per run, {args.repeats} repeats\n")
     for line in machine_lines():
         print(f"- {line}")
+    print(f"- devices: {len(jax.devices())} × {jax.devices()[0].device_kind} "
+          f"(spread puts run k on device k mod {len(jax.devices())})")
     print(f"- load average before: {os.getloadavg()[0]:.2f}\n")
 
     cases, memory = [], {}

@@ -20,9 +20,13 @@ from pathlib import Path
 
 import jax
 
-from unprune_jax import pipeline
+from unprune_jax import pipeline, runs
 from unprune_jax.config import Config, DataConfig, ModelConfig
 from unprune_jax.models import init_model
+
+# One CPU device per core (importing JAX does not start it; this must come before it starts), so
+# the trainer's 'auto' can step one run per core ('spread') as `unprune-jax run` does.
+runs.use_cpu_cores()
 
 
 def fashion_setup(train_size: int | None, *, split_seed: int = 0, model_seed: int = 0,

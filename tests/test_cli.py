@@ -51,7 +51,8 @@ def test_list_describes_every_entry_of_every_category(capsys):
     names = {
         "pruners": list(prune.PRUNERS), "scores": list(scores.SCORES),
         "unlearners": list(unlearn.REGISTRY), "models": list(MODELS),
-        "datasets": list(DATASET_NAMES), "strategies": ["auto", "vmap", "map", "loop", "shard"],
+        "datasets": list(DATASET_NAMES),
+        "strategies": ["auto", "vmap", "map", "loop", "spread", "shard"],
         "unprune_options": [f"variant={n}" for n in ("algorithm1", "rescore", "replay")]
         + [f"regrow_score={n}" for n in ("dense", "theta0", "gradient", "fisher", "random")]
         + ["reinit=theta0", "reinit=dense", "reinit=random", "reprune_score=magnitude",

@@ -247,3 +247,37 @@ def test_dense_side_unpruning_runs_and_resumes_through_the_pipeline(tmp_path, va
     assert row["density"] == pytest.approx(cfg.prune.density, abs=1e-3)
     second = pipeline.run(cfg, tmp_path, progress=False, say=quiet)
     assert without_time(second["rows"]) == without_time(first["rows"])
+
+
+TWO_DEVICES_SCRIPT = """
+import json, sys
+from unprune_jax import runs
+assert runs.use_cpu_cores(2) == 2
+import jax
+from unprune_jax import pipeline
+from unprune_jax.config import load_config
+from unprune_jax.train import Trainer
+assert len(jax.devices()) == 2, jax.devices()
+cfg = load_config(None, json.loads(sys.argv[2]))
+res = pipeline.run(cfg, sys.argv[1], progress=False, say=lambda m: None,
+                   trainer=Trainer("spread", progress=False))
+print("RESULT" + json.dumps(res["rows"]))
+"""
+
+
+def test_spread_over_two_cpu_devices_gives_the_loops_pipeline_bit_for_bit(tmp_path):
+    """One run per core (strategy spread over 2 CPU devices, in a fresh process) computes every
+    stage as the loop does on one device: the same rows, to the last digit."""
+    import subprocess
+    import sys
+
+    overrides = TINY + ["data.name=synthetic"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-c", TWO_DEVICES_SCRIPT, str(tmp_path / "spread"),
+                          json.dumps(overrides)], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    spread = json.loads(res.stdout.split("RESULT")[-1])
+    loop = pipeline.run(load_config(None, overrides), tmp_path / "loop", progress=False,
+                        say=quiet, trainer=train_lib.Trainer("loop", progress=False))
+    assert without_time(spread) == json.loads(json.dumps(without_time(loop["rows"])))

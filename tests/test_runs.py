@@ -113,7 +113,7 @@ def test_fit_is_the_plain_loop_exactly(reference):
 
 @pytest.mark.parametrize("strategy,batch,scan", [
     ("loop", None, False), ("vmap", None, False), ("map", None, False), ("map", 2, False),
-    ("vmap", None, True), ("loop", None, True),
+    ("vmap", None, True), ("loop", None, True), ("spread", None, False),
 ])
 def test_each_strategy_equals_fit_run_by_run(reference, strategy, batch, scan):
     (ds, step, states, subsets, cfgs), ref_states, ref_hist = reference
@@ -318,7 +318,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from tests.test_runs import setup, K
     from unprune_jax import runs
-    from unprune_jax.train import fit_many
+    from unprune_jax.train import Trainer, fit_many
     assert len(jax.devices()) == 8, jax.devices()
     ds, step, states, subsets, cfgs = setup("mlp")
     st = runs.stack(states)
@@ -341,6 +341,22 @@ SHARDED_SCRIPT = textwrap.dedent("""
         s1, m1 = step(s1, ds.x[i], ds.y[i], np.ones(16, np.float32), {})
         s2, m2 = dp(s2, ds.x[i], ds.y[i], np.ones(16, np.float32))
     out["data8"] = [diff(s1, s2), 1, len(s2.params["head"]["kernel"].sharding.device_set)]
+    # one run per device: the loop's programs on 3 of the 8 devices, with per-batch extras and
+    # snapshots; the result comes back stacked on device 0 and equals the loop bit for bit
+    const = {"c": np.zeros((K, 2), np.float32)}
+    for name, scan, kw in (("spread", False, {"constants": const}), ("spread_scan", True, {})):
+        tr = Trainer("spread", progress=False, scan_epoch=scan)
+        got, _, snaps = tr.fit_many(st, step, ds, subsets, cfgs, snapshot_epochs=(1,), **kw)
+        out[name] = [diff(got, ref), runs.num_runs(got),
+                     len(got.params["head"]["kernel"].sharding.device_set)]
+        out[name + "_bitwise"] = all(np.array_equal(a, b) for a, b in
+                                     zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
+        out[name + "_snap"] = [runs.num_runs(snaps[1]), 1]
+    seen = {}
+    runs.resolve_strategy(step, st, ds.x[np.zeros((K, 16), int)], np.zeros((K, 16), np.int32),
+                          np.ones((K, 16), np.float32), cache=seen)
+    out["auto_candidates"] = sorted(next(iter(seen.values()))["timings"])
+    out["cores_after_start"] = runs.use_cpu_cores(2)
     print("RESULT" + json.dumps(out))
 """)
 
@@ -353,8 +369,24 @@ def test_sharded_over_8_simulated_devices_equals_unsharded():
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.split("RESULT")[-1])
-    for name, (d, k, _) in out.items():
+    for name in ("runs8_scan", "runs4_data2", "data8", "spread", "spread_scan"):
+        d, k, _ = out[name]
         assert d < 1e-5, (name, d)
         assert k == (1 if name == "data8" else K)
     # the K runs really were laid over several devices, K=3 padded to the runs axis
     assert out["runs8_scan"][2] == 8 and out["runs4_data2"][2] == 8 and out["data8"][2] == 8
+    # spread: the same programs on other devices, results back on one device, bit for bit
+    assert out["spread"][2] == out["spread_scan"][2] == 1
+    assert out["spread_bitwise"] and out["spread_scan_bitwise"]
+    assert out["spread_snap"] == out["spread_scan_snap"] == [K, 1]
+    assert out["auto_candidates"] == ["loop", "map", "spread", "vmap"]
+    assert out["cores_after_start"] == 8  # JAX had started: the count stays
+
+
+def test_use_cpu_cores_checks_n_and_leaves_a_started_jax_alone():
+    jax.devices()  # JAX has started: the count is fixed
+    n = len(jax.devices("cpu"))
+    assert runs.use_cpu_cores(n + 3) == n and len(jax.devices("cpu")) == n
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int"):
+            runs.use_cpu_cores(bad)

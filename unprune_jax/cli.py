@@ -113,8 +113,10 @@ def _prepare_run_dir(path: str, fresh: bool, command: str):
 def _cmd_run(args) -> int:
     from . import pipeline
     from .config import load_config
+    from .runs import use_cpu_cores
     from .train import Trainer
 
+    use_cpu_cores(args.cpu_devices)
     cfg = load_config(args.config, args.override)
     command = f"run: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
@@ -126,8 +128,10 @@ def _cmd_run(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .config import load_config
+    from .runs import use_cpu_cores
     from .sweep import run_sweep
 
+    use_cpu_cores(args.cpu_devices)
     cfg = load_config(args.config, args.override)
     command = f"sweep: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
@@ -232,6 +236,20 @@ def _add_config_args(p: argparse.ArgumentParser, default_dir: str) -> None:
                    "(repeatable)")
     p.add_argument("--fresh", action="store_true", help="delete --run-dir first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
+                   help="CPU devices JAX makes, so strategy spread can step one run per core "
+                   "(default: one per core; ignored where XLA_FLAGS sets the count; the CPU "
+                   "only: GPUs and TPUs are their own devices)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,14 +13,20 @@ for all K by one of these strategies:
   compiled program (``b`` runs vmapped at a time; ``b=None`` is fully sequential, no grouped
   convolutions at all).
 * ``"loop"``: a Python loop of K calls of the single-run jitted step; the baseline.
+* ``"spread"``: the loop with run ``k`` placed on device ``k mod D`` of the ``D`` devices (a
+  mesh's, or every device of the default backend). Dispatch is asynchronous, so the devices step
+  their runs at the same time, each with the single-run program. On a CPU, one device per core
+  (:func:`use_cpu_cores`, before JAX starts) makes this one run per core: no grouped
+  convolutions, no cross-device communication.
 * ``"shard"``: ``vmap`` with the K axis laid over the ``runs`` axis of a device mesh (and, if the
   mesh has a ``data`` axis larger than 1, each run's batch over ``data``). K not divisible by the
   ``runs`` axis size is padded with no-op runs (copies of run 0 fed zero-weight batches) that are
   dropped again before returning.
 * ``"auto"``: times a few steps of each candidate on the actual shapes once, caches the pick per
   (backend, step, shapes, K, memory limit) and never picks a strategy slower than the loop in that
-  measurement (see :func:`choose_strategy`). If a memory limit is known and ``vmap`` does not fit,
-  ``map`` with the largest batch size that fits replaces it.
+  measurement (see :func:`choose_strategy`); ``spread`` is a candidate where there are several
+  devices. If a memory limit is known and ``vmap`` does not fit, ``map`` with the largest batch
+  size that fits replaces it.
 
 Every strategy gives the same result as the loop to float tolerance: run ``k`` of :func:`fit_many`
 equals ``train.fit(unstack(states)[k], step_fn, dataset, subsets[k], cfgs[k])``.
@@ -32,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +66,8 @@ STRATEGIES.register("vmap", "jit(vmap(step)): one dispatch, K-wide kernels", "vm
 STRATEGIES.register("map", "jit(lax.map(step)): one dispatch, the K runs sequential inside the "
                     "program", "map")
 STRATEGIES.register("loop", "a Python loop of the single-run jitted step (the baseline)", "loop")
+STRATEGIES.register("spread", "the loop with run k on device k mod D: the devices step their "
+                    "runs at once (on CPU: one run per core, see use_cpu_cores)", "spread")
 STRATEGIES.register("shard", "vmap with the K axis laid over the 'runs' axis of a device mesh",
                     "shard")
 _CONCRETE = tuple(name for name in STRATEGIES if name != "auto")
@@ -154,6 +164,38 @@ def make_mesh(runs: int | None = None, data: int = 1, devices=None) -> Mesh:
                 axis_types=(jax.sharding.AxisType.Auto, jax.sharding.AxisType.Auto))
 
 
+def use_cpu_cores(n: int | None = None) -> int:
+    """Gives JAX's CPU backend ``n`` devices (default: the cores this process may run on).
+
+    XLA:CPU gets little from a second core for one small run's kernels; with one device per core,
+    strategy ``'spread'`` (and ``'shard'``) runs one run per core. JAX fixes its CPU device count
+    when its first backend starts, so call this before any JAX computation; later it changes
+    nothing. ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set by the user wins.
+
+    Returns:
+        How many CPU devices JAX will have: ``n``, or what was fixed before this call (then the
+        count is left as it is).
+    """
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"use_cpu_cores: n must be a positive int, got {n!r}")
+    forced = re.search(r"--xla_force_host_platform_device_count=(\d+)",
+                       os.environ.get("XLA_FLAGS", ""))
+    if forced:
+        return int(forced.group(1))
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError:  # JAX has started: the count is fixed
+        return len(jax.devices("cpu"))
+    return int(n)
+
+
+def spread_devices(mesh: Mesh | None = None) -> list:
+    """The devices strategy ``'spread'`` places runs on: the mesh's, else the default backend's."""
+    return list(mesh.devices.flat) if mesh is not None else jax.devices()
+
+
 def axis_size(mesh: Mesh, name: str) -> int:
     return int(dict(mesh.shape).get(name, 1))
 
@@ -234,18 +276,21 @@ def make_k_step(step_fn: StepFn, strategy: str, map_batch_size: int | None = Non
 
     Args:
         step_fn: single-run step from :func:`train.make_train_step`.
-        strategy: ``"vmap"``, ``"map"``, ``"loop"`` or ``"shard"`` (``"auto"`` is resolved by
-            :func:`fit_many`, which sees the shapes).
+        strategy: ``"vmap"``, ``"map"``, ``"loop"``, ``"spread"`` or ``"shard"`` (``"auto"`` is
+            resolved by :func:`fit_many`, which sees the shapes).
         map_batch_size: for ``"map"``: runs vmapped at a time (None: one at a time).
-        mesh: for ``"shard"``: a mesh with a ``runs`` axis whose size divides K.
+        mesh: for ``"shard"``: a mesh with a ``runs`` axis whose size divides K; for
+            ``"spread"``: the devices to place runs on (None: every device).
     """
     _check_map_batch_size(map_batch_size)
-    if strategy == "loop":
+    if strategy in ("loop", "spread"):
+        plan = Plan(strategy)
+
         def loop(states, x, y, w, extra=None):
-            outs = [step_fn(s, x[k], y[k], w[k],
-                            {} if extra is None else jax.tree.map(lambda a, k=k: a[k], extra))
-                    for k, s in enumerate(unstack(states))]
-            return stack([o[0] for o in outs]), stack([o[1] for o in outs])
+            carrier = to_carrier(plan, states, mesh)
+            carrier, metrics = k_call(plan, step_fn, mesh, carrier, x, y, w,
+                                      {} if extra is None else extra)
+            return finish(carrier, plan, len(carrier)), metrics
         return loop
     if strategy in ("vmap", "map"):
         jitted = jax.jit(_k_body(step_fn, strategy, map_batch_size))
@@ -361,7 +406,8 @@ def strategy_memory(step_fn: StepFn, strategy: str, states, x, y, w, extra=None,
                     map_batch_size: int | None = None, mesh: Mesh | None = None) -> int:
     """Bytes one K-run step of ``strategy`` needs on a device, for stacked inputs of these shapes.
 
-    For ``"loop"``: one run's step plus the other K−1 states held on the device meanwhile.
+    For ``"loop"``: one run's step plus the other K−1 states held on the device meanwhile (for
+    ``"spread"``: the other states on the fullest device).
     Compiling for the analysis is the expensive part: the last 64 answers are kept.
     """
     leaves, treedef = jax.tree.flatten(_abstract((states, x, y, w, extra or {})))
@@ -373,11 +419,12 @@ def strategy_memory(step_fn: StepFn, strategy: str, states, x, y, w, extra=None,
 def _strategy_memory(step_fn, strategy, map_batch_size, mesh, treedef, leaves) -> int:
     states, x, y, w, extra = jax.tree.unflatten(treedef, leaves)
     k = num_runs(states)
-    if strategy == "loop":
+    if strategy in ("loop", "spread"):
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
                            (states, x, y, w, extra))
         single = memory_report(step_fn, *one)["needed"]
-        return single + (k - 1) * tree_bytes(one[0])
+        held = k if strategy == "loop" else -(-k // len(spread_devices(mesh)))
+        return single + (held - 1) * tree_bytes(one[0])
     if strategy == "shard":
         check_mesh(mesh)
         runs, batch, metrics = _shardings(mesh, scan=False)
@@ -443,7 +490,7 @@ def choose_strategy(timings: dict[Plan, float], margin: float = 0.05) -> Plan:
 
 def _plan_call(plan: Plan, step_fn, states, x, y, w, extra, mesh) -> Callable[[], Any]:
     """A no-argument function running one K-run step of ``plan`` on these inputs."""
-    carrier = unstack(states) if plan.strategy == "loop" else states
+    carrier = to_carrier(plan, states, mesh)
     return lambda: k_call(plan, step_fn, mesh, carrier, x, y, w, extra)
 
 
@@ -519,6 +566,8 @@ def resolve_strategy(step_fn: StepFn, states, x, y, w, extra=None, *, strategy: 
     if cache is not None and key in cache:
         return Plan(**cache[key]["plan"])
     candidates = [Plan("loop"), Plan("vmap"), Plan("map", map_batch_size)]
+    if len(spread_devices(mesh)) > 1:
+        candidates.append(Plan("spread"))
     if mesh is not None and axis_size(mesh, "runs") > 1 and k % axis_size(mesh, "runs") == 0:
         candidates.append(Plan("shard"))
     if limit is not None:
@@ -562,8 +611,9 @@ def plan_key(step_fn: StepFn, inputs, k: int, mesh: Mesh | None, limit: int | No
     shape_text = str([(jax.tree_util.keystr(path), tuple(np.shape(a)), str(a.dtype))
                       for path, a in jax.tree_util.tree_flatten_with_path(inputs)[0]])
     mesh_text = None if mesh is None else dict(mesh.shape)
+    devices = f"|devices={len(spread_devices(mesh))}" if len(spread_devices(mesh)) > 1 else ""
     return (f"{jax.default_backend()}|{name}|{shape_text}|K={k}|mesh={mesh_text}|limit={limit}"
-            f"|map_batch_size={map_batch_size}")
+            f"|map_batch_size={map_batch_size}{devices}")
 
 
 # --- running epochs (used by train.Trainer.run_epochs) --------------------------------------------
@@ -580,29 +630,56 @@ def pad_runs(tree: PyTree, k_pad: int) -> PyTree:
                         tree)
 
 
+def listed(plan: Plan) -> bool:
+    """Whether ``plan`` carries K separate states (a list) rather than one stacked state."""
+    return plan.strategy in ("loop", "spread")
+
+
+def to_carrier(plan: Plan, states, mesh: Mesh | None = None):
+    """What ``plan`` steps: the stacked states, or their list (for ``spread``, run r on device
+    r mod D)."""
+    if plan.strategy == "loop":
+        return unstack(states)
+    if plan.strategy == "spread":
+        devices = spread_devices(mesh)
+        return [jax.device_put(s, devices[r % len(devices)])
+                for r, s in enumerate(unstack(states))]
+    return states
+
+
 def set_lr(carrier, lrs: np.ndarray, plan: Plan):
     """Writes per-run learning rates into the carrier (a list of states for the loop)."""
-    if plan.strategy == "loop":
+    if listed(plan):
         return [s.replace(opt_state=optim.set_hyperparams(s.opt_state, learning_rate=lr))
                 for s, lr in zip(carrier, lrs[: len(carrier)])]
     return carrier.replace(opt_state=optim.set_hyperparams(carrier.opt_state, learning_rate=lrs))
 
 
 def finish(carrier, plan: Plan, k: int):
-    """The stacked states of the K real runs (drops padding runs, restacks the loop's list)."""
-    if plan.strategy == "loop":
-        return stack(carrier)
+    """The stacked states of the K real runs (drops padding runs, restacks a list on the default
+    device)."""
+    if listed(plan):
+        return stack(jax.device_put(list(carrier), jax.devices()[0]))
     if num_runs(carrier) > k:
         return jax.tree.map(lambda a: a[:k], carrier)
     return carrier
 
 
+def _run_extra(plan: Plan, extra, r: int, state):
+    """Run r's slice of a K-run ``extra``, on the device of its state under ``spread``."""
+    one = jax.tree.map(lambda a: a[r], extra)
+    if plan.strategy == "spread" and jax.tree.leaves(one):
+        one = jax.device_put(one, jax.tree.leaves(state)[0].devices().pop())
+    return one
+
+
 def k_call(plan: Plan, step_fn, mesh, carrier, x, y, w, extra):
     """One K-run step of ``plan``; metrics leaves ``(K,)``."""
-    if plan.strategy == "loop":
-        out = [step_fn(s, x[r], y[r], w[r], jax.tree.map(lambda a, r=r: a[r], extra))
+    if listed(plan):
+        out = [step_fn(s, x[r], y[r], w[r], _run_extra(plan, extra, r, s))
                for r, s in enumerate(carrier)]
-        return [o[0] for o in out], jax.tree.map(lambda *m: jnp.stack(m), *[o[1] for o in out])
+        metrics = jax.device_get([o[1] for o in out])
+        return [o[0] for o in out], jax.tree.map(lambda *m: np.stack(m), *metrics)
     return make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)(carrier, x, y, w, extra)
 
 
@@ -613,13 +690,13 @@ def run_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, extra_at, pr
     """
     out = []
     bar = tqdm(range(idx.shape[0]), desc=label, disable=not progress, leave=False, unit="batch")
-    if plan.strategy == "loop":
+    if listed(plan):
         carrier = list(carrier)  # the caller keeps the epoch's starting list
         for b in bar:
             extra, row = extra_at(b), []
             for r, s in enumerate(carrier):
                 carrier[r], m = step_fn(s, x_pool[idx[b, r]], y_pool[idx[b, r]], w[b, r],
-                                        jax.tree.map(lambda a, r=r: a[r], extra))
+                                        _run_extra(plan, extra, r, s))
                 row.append(m)
             out.append(row)
         out = jax.device_get(out)
@@ -637,12 +714,15 @@ def run_scanned_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, prog
     pool_x, pool_y = jnp.asarray(x_pool), jnp.asarray(y_pool)
     if plan.strategy == "shard":
         pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
-    if plan.strategy == "loop":
+    if listed(plan):
         fn = _single_epoch(step_fn)
-        carrier, out = list(carrier), []
+        carrier, out, pools = list(carrier), [], {}
         for r in tqdm(range(len(carrier)), desc=label, disable=not progress, leave=False,
                       unit="run"):
-            carrier[r], m = fn(carrier[r], pool_x, pool_y, idx[:, r], w[:, r])
+            device = jax.tree.leaves(carrier[r])[0].devices().pop()
+            if device not in pools:
+                pools[device] = jax.device_put((pool_x, pool_y), device)
+            carrier[r], m = fn(carrier[r], *pools[device], idx[:, r], w[:, r])
             out.append(m)
         out = jax.device_get(out)
         return carrier, {n: np.stack([m[n] for m in out], axis=1) for n in out[0]}

@@ -326,8 +326,10 @@ class Trainer:
     change a recomputed stage in its last bits.
 
     Attributes:
-        strategy: ``'auto'``, ``'vmap'``, ``'map'``, ``'loop'`` or ``'shard'`` (``runs``).
-        mesh: device mesh for ``'shard'`` (default: ``runs.make_mesh()`` over every device).
+        strategy: ``'auto'``, ``'vmap'``, ``'map'``, ``'loop'``, ``'spread'`` or ``'shard'``
+            (``runs``).
+        mesh: device mesh for ``'shard'`` (default: ``runs.make_mesh()`` over every device) and
+            the devices of ``'spread'`` (default: every device).
         map_batch_size: runs vmapped at a time under ``'map'`` (None: one at a time).
         memory_limit_bytes: device memory limit for the memory check and ``auto``'s fallback;
             ``'device'``: the device's ``bytes_limit`` where reported, else no check.
@@ -517,7 +519,7 @@ class Trainer:
             if plan is None:
                 plan = self._plan(step_fn, carrier, dataset.x[idx[0]], y_all[idx[0]], w[0],
                                   extra_at(0), mesh)
-                carrier = runs.unstack(carrier) if plan.strategy == "loop" else carrier
+                carrier = runs.to_carrier(plan, carrier, mesh)
             carrier = runs.set_lr(carrier, lr_arr, plan)
             good = carrier
             t0 = time.perf_counter()
