@@ -120,8 +120,6 @@ def main(argv=None):
           f"{args.batches} batches per run, {args.repeats} repeats\n")
     for line in machine_lines():
         print(f"- {line}")
-    print(f"- devices: {len(jax.devices())} × {jax.devices()[0].device_kind} "
-          f"(spread puts run k on device k mod {len(jax.devices())})")
     print(f"- load average before: {os.getloadavg()[0]:.2f}\n")
 
     cases, memory = [], {}
