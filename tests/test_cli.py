@@ -199,3 +199,14 @@ def test_failed_run_logs_its_error(tmp_path, capsys, monkeypatch):
     code, _, err = run_main(["run", "-r", str(tmp_path / "r"), *TINY], capsys)
     assert code == 2 and "the data are gone" in err
     assert "error: ValueError: the data are gone" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_cpu_devices_refuses_a_count_jax_cannot_give(capsys, tmp_path):
+    code, _, err = run_main(["run", "-r", str(tmp_path / "r"), "--cpu-devices", "0"], capsys)
+    assert code == 2 and "'0' is not a positive integer" in err
+    # JAX has started with one CPU device (conftest): 3 cannot be had, and nothing is made
+    for command in ("run", "sweep"):
+        code, _, err = run_main([command, "-r", str(tmp_path / command), "--cpu-devices", "3"],
+                                capsys)
+        assert code == 2 and "--cpu-devices 3: JAX has 1 CPU device(s)" in err
+        assert not (tmp_path / command).exists()

@@ -387,6 +387,8 @@ def test_use_cpu_cores_checks_n_and_leaves_a_started_jax_alone():
     jax.devices()  # JAX has started: the count is fixed
     n = len(jax.devices("cpu"))
     assert runs.use_cpu_cores(n + 3) == n and len(jax.devices("cpu")) == n
-    for bad in (0, -1, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="positive int"):
+    for bad, msg in ((0, "n=0 must be >= 1"), (-1, "n=-1 must be >= 1"),
+                     (1.5, "must be an int, got 1.5"), (True, "must be an int, got True"),
+                     ("2", "must be an int, got '2'")):
+        with pytest.raises(ValueError, match=msg):
             runs.use_cpu_cores(bad)

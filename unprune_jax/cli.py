@@ -113,10 +113,9 @@ def _prepare_run_dir(path: str, fresh: bool, command: str):
 def _cmd_run(args) -> int:
     from . import pipeline
     from .config import load_config
-    from .runs import use_cpu_cores
     from .train import Trainer
 
-    use_cpu_cores(args.cpu_devices)
+    _use_cpu_devices(args.cpu_devices)
     cfg = load_config(args.config, args.override)
     command = f"run: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
@@ -128,10 +127,9 @@ def _cmd_run(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .config import load_config
-    from .runs import use_cpu_cores
     from .sweep import run_sweep
 
-    use_cpu_cores(args.cpu_devices)
+    _use_cpu_devices(args.cpu_devices)
     cfg = load_config(args.config, args.override)
     command = f"sweep: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
@@ -238,8 +236,20 @@ def _add_config_args(p: argparse.ArgumentParser, default_dir: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
                    help="CPU devices JAX makes, so strategy spread can step one run per core "
-                   "(default: one per core; ignored where XLA_FLAGS sets the count; the CPU "
-                   "only: GPUs and TPUs are their own devices)")
+                   "(default: one per core, or the count XLA_FLAGS sets; an N that XLA_FLAGS "
+                   "contradicts is refused; the CPU only: GPUs and TPUs are their own devices)")
+
+
+def _use_cpu_devices(n: int | None) -> None:
+    """One CPU device per core, or the ``--cpu-devices`` asked for; refuses a count JAX cannot
+    give (XLA_FLAGS fixed another) rather than run with it silently."""
+    from .runs import use_cpu_cores
+
+    got = use_cpu_cores(n)
+    if n is not None and got != n:
+        raise ValueError(f"--cpu-devices {n}: JAX has {got} CPU device(s), fixed by XLA_FLAGS "
+                         "(--xla_force_host_platform_device_count) or by an earlier start; drop "
+                         "one of the two")
 
 
 def _positive_int(text: str) -> int:

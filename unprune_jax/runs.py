@@ -52,6 +52,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from . import optim
+from .data._checks import check_int
 from .registry import Registry
 
 PyTree = Any
@@ -178,17 +179,16 @@ def use_cpu_cores(n: int | None = None) -> int:
     """
     if n is None:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"use_cpu_cores: n must be a positive int, got {n!r}")
+    n = check_int(n, "use_cpu_cores: n", lo=1)
     forced = re.search(r"--xla_force_host_platform_device_count=(\d+)",
                        os.environ.get("XLA_FLAGS", ""))
     if forced:
         return int(forced.group(1))
     try:
-        jax.config.update("jax_num_cpu_devices", int(n))
+        jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # JAX has started: the count is fixed
         return len(jax.devices("cpu"))
-    return int(n)
+    return n
 
 
 def spread_devices(mesh: Mesh | None = None) -> list:
@@ -611,7 +611,8 @@ def plan_key(step_fn: StepFn, inputs, k: int, mesh: Mesh | None, limit: int | No
     shape_text = str([(jax.tree_util.keystr(path), tuple(np.shape(a)), str(a.dtype))
                       for path, a in jax.tree_util.tree_flatten_with_path(inputs)[0]])
     mesh_text = None if mesh is None else dict(mesh.shape)
-    devices = f"|devices={len(spread_devices(mesh))}" if len(spread_devices(mesh)) > 1 else ""
+    d = len(spread_devices(mesh))
+    devices = f"|devices={d}" if d > 1 else ""  # one device: the keys of earlier plans.json
     return (f"{jax.default_backend()}|{name}|{shape_text}|K={k}|mesh={mesh_text}|limit={limit}"
             f"|map_batch_size={map_batch_size}{devices}")
 
@@ -635,16 +636,23 @@ def listed(plan: Plan) -> bool:
     return plan.strategy in ("loop", "spread")
 
 
+def run_devices(plan: Plan, mesh: Mesh | None, k: int) -> list | None:
+    """Run r's device under ``spread`` (device r mod D), else None (runs stay where they are)."""
+    if plan.strategy != "spread":
+        return None
+    devices = spread_devices(mesh)
+    return [devices[r % len(devices)] for r in range(k)]
+
+
 def to_carrier(plan: Plan, states, mesh: Mesh | None = None):
-    """What ``plan`` steps: the stacked states, or their list (for ``spread``, run r on device
-    r mod D)."""
-    if plan.strategy == "loop":
-        return unstack(states)
-    if plan.strategy == "spread":
-        devices = spread_devices(mesh)
-        return [jax.device_put(s, devices[r % len(devices)])
-                for r, s in enumerate(unstack(states))]
-    return states
+    """What ``plan`` steps: the stacked states, or their list (for ``spread``, each on its run's
+    device, :func:`run_devices`)."""
+    if not listed(plan):
+        return states
+    carrier = unstack(states)
+    devices = run_devices(plan, mesh, len(carrier))
+    return carrier if devices is None else [jax.device_put(s, d)
+                                            for s, d in zip(carrier, devices)]
 
 
 def set_lr(carrier, lrs: np.ndarray, plan: Plan):
@@ -665,18 +673,17 @@ def finish(carrier, plan: Plan, k: int):
     return carrier
 
 
-def _run_extra(plan: Plan, extra, r: int, state):
-    """Run r's slice of a K-run ``extra``, on the device of its state under ``spread``."""
+def _run_extra(extra, r: int, devices: list | None):
+    """Run r's slice of a K-run ``extra``, on run r's device under ``spread``."""
     one = jax.tree.map(lambda a: a[r], extra)
-    if plan.strategy == "spread" and jax.tree.leaves(one):
-        one = jax.device_put(one, jax.tree.leaves(state)[0].devices().pop())
-    return one
+    return one if devices is None or not jax.tree.leaves(one) else jax.device_put(one, devices[r])
 
 
 def k_call(plan: Plan, step_fn, mesh, carrier, x, y, w, extra):
     """One K-run step of ``plan``; metrics leaves ``(K,)``."""
     if listed(plan):
-        out = [step_fn(s, x[r], y[r], w[r], _run_extra(plan, extra, r, s))
+        devices = run_devices(plan, mesh, len(carrier))
+        out = [step_fn(s, x[r], y[r], w[r], _run_extra(extra, r, devices))
                for r, s in enumerate(carrier)]
         metrics = jax.device_get([o[1] for o in out])
         return [o[0] for o in out], jax.tree.map(lambda *m: np.stack(m), *metrics)
@@ -692,11 +699,12 @@ def run_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, extra_at, pr
     bar = tqdm(range(idx.shape[0]), desc=label, disable=not progress, leave=False, unit="batch")
     if listed(plan):
         carrier = list(carrier)  # the caller keeps the epoch's starting list
+        devices = run_devices(plan, mesh, len(carrier))
         for b in bar:
             extra, row = extra_at(b), []
             for r, s in enumerate(carrier):
                 carrier[r], m = step_fn(s, x_pool[idx[b, r]], y_pool[idx[b, r]], w[b, r],
-                                        _run_extra(plan, extra, r, s))
+                                        _run_extra(extra, r, devices))
                 row.append(m)
             out.append(row)
         out = jax.device_get(out)
@@ -716,13 +724,13 @@ def run_scanned_epoch(plan, step_fn, mesh, carrier, x_pool, y_pool, idx, w, prog
         pool_x = jax.device_put(pool_x, NamedSharding(mesh, P()))
     if listed(plan):
         fn = _single_epoch(step_fn)
-        carrier, out, pools = list(carrier), [], {}
+        carrier, out = list(carrier), []
+        devices = run_devices(plan, mesh, len(carrier)) or [None] * len(carrier)
+        pools = {d: (pool_x, pool_y) if d is None else jax.device_put((pool_x, pool_y), d)
+                 for d in set(devices)}
         for r in tqdm(range(len(carrier)), desc=label, disable=not progress, leave=False,
                       unit="run"):
-            device = jax.tree.leaves(carrier[r])[0].devices().pop()
-            if device not in pools:
-                pools[device] = jax.device_put((pool_x, pool_y), device)
-            carrier[r], m = fn(carrier[r], *pools[device], idx[:, r], w[:, r])
+            carrier[r], m = fn(carrier[r], *pools[devices[r]], idx[:, r], w[:, r])
             out.append(m)
         out = jax.device_get(out)
         return carrier, {n: np.stack([m[n] for m in out], axis=1) for n in out[0]}
