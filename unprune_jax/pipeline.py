@@ -153,7 +153,9 @@ def build_context(cfg: Config, run_dir: str | Path | None, *, progress: bool = T
     params, model_state = init_model(model, jax.random.PRNGKey(cfg.model.seed), dataset.x[:1])
     tx = optim.sgd()
     init = TrainState.create(params, model_state, tx, seed=cfg.model.seed)
-    check_variant(cfg.unprune, cfg.prune)  # before any stage is computed
+    # refused before any stage is computed: a dense-side variant on a pruner it cannot re-run,
+    # and more replay epochs than the dense training has
+    check_variant(cfg.unprune, cfg.prune)
     cfg.unprune.snapshot_epoch(cfg.train.epochs)
     prunable = prune_lib.prunable_for(cfg.prune, masks_lib.prunable_leaves(
         params, cfg.model.prunable_include, cfg.model.prunable_exclude
