@@ -1,4 +1,4 @@
-"""Cost of un-pruning: its RTE against the gold standard, with LLR norm and IoU-to-gold beside it.
+"""Cost of un-pruning: its RTE against the gold standard, with what it bought beside it.
 
 RTE (run-time efficiency) is a method's wall time without JAX compilation divided by the gold
 standard's (retrain on D_r + re-prune), as ``pipeline.evaluate`` computes it. For each
@@ -11,9 +11,10 @@ standard's (retrain on D_r + re-prune), as ``pipeline.evaluate`` computes it. Fo
   a tiny `--smoke` run compilation dominates and the ratios mean nothing).
 * ``row RTE``: the whole ``<method> + un-prune`` stage (un-pruning plus the method) over gold,
   and ``method RTE``: the method alone (its own row), for comparison.
-* ``IoU gold`` (Jaccard of the row's mask with gold's) and ``LLR norm`` (the topology membership
-  test's normalised log-likelihood ratio: 0 = the original side's mean, 1 = the gold side's),
-  for the un-pruned row and for the method without un-pruning.
+* ``IoU gold`` (Jaccard of the row's mask with gold's), for the un-pruned row and for the method
+  without un-pruning, and the un-pruned masks' distance travelled toward the gold side beyond
+  their matched random control (``metrics.topology``; 0 = no further than the same amount of
+  change at random, 1 = the whole way; '—' where the run's sides do not differ).
 
 By default it runs ``pipeline.run`` on ``experiments/demo.toml`` into a temporary run directory;
 ``--set section.key=value`` overrides shrink or change it; ``--run-dir DIR`` keeps the run (and
@@ -79,7 +80,8 @@ def cost_rows(results: dict) -> list[dict]:
             "row_rte": r["RTE"],
             "method_rte": m.get("RTE", float("nan")),
             "iou_gold": r["IoU_gold"], "iou_gold_method": m.get("IoU_gold"),
-            "llr": r["LLR_normalised"], "llr_method": m.get("LLR_normalised"),
+            "beyond_control": r.get("travelled_beyond_control"),
+            "beyond_control_ci": r.get("travelled_beyond_control_ci"),
         })
     return out
 
@@ -119,14 +121,15 @@ def main(argv=None) -> list[dict]:
           f"{results['config']['data']['name']}, gold {gold['seconds']:.1f} s "
           f"(compile {gold['compile_seconds']:.1f} s); machine {results.get('machine', {})}\n")
     print("| method | un-prune RTE (goal ≤ 0.1) | row RTE (method + un-prune) | method RTE | "
-          "IoU gold: + un-prune / method | LLR norm: + un-prune / method |")
+          "IoU gold: + un-prune / method | → gold beyond control [95% CI] |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         mark = "met" if r["unprune_rte"] <= GOAL else "not met"
+        ci = r["beyond_control_ci"]
+        beyond = fmt(r["beyond_control"], "+.2f") + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
         print(f"| {r['method']} | {fmt(r['unprune_rte'], '.4f')} ({mark}) | {r['row_rte']:.3f} | "
               f"{fmt(r['method_rte'], '.3f')} | {fmt(r['iou_gold'], '.3f')} / "
-              f"{fmt(r['iou_gold_method'], '.3f')} | {fmt(r['llr'], '+.2f')} / "
-              f"{fmt(r['llr_method'], '+.2f')} |")
+              f"{fmt(r['iou_gold_method'], '.3f')} | {beyond} |")
     return rows
 
 

@@ -119,12 +119,13 @@ def test_bench_mfu_counts_matmul_flops():
 
 def _fake_run(run_dir: pathlib.Path) -> dict:
     """A results.json and un-prune stage metadata as the pipeline writes them (numbers by hand)."""
-    row = dict(IoU_gold=0.5, LLR_normalised=0.2, compile_seconds=0.0)
+    row = dict(IoU_gold=0.5, compile_seconds=0.0)
     results = {
         "rows": [
             {**row, "kind": "baseline", "method": "FT", "seconds": 4.0, "RTE": 0.2},
             {**row, "kind": "unprune", "method": "FT", "seconds": 5.0, "RTE": 0.25,
-             "IoU_gold": 0.4, "LLR_normalised": 0.9},
+             "IoU_gold": 0.4, "travelled_beyond_control": 0.25,
+             "travelled_beyond_control_ci": [-0.05, 0.55]},
             {**row, "kind": "gold", "method": None, "seconds": 21.0, "compile_seconds": 1.0,
              "RTE": 1.0},
         ],
@@ -144,10 +145,9 @@ def test_bench_unprune_cost_from_run_dir(tmp_path, capsys):
     assert row["method"] == "FT"
     assert row["unprune_rte"] == pytest.approx(1.0 / 20.0)  # gold: 21 s - 1 s compile
     assert (row["row_rte"], row["method_rte"]) == (0.25, 0.2)
-    got = (row["iou_gold"], row["iou_gold_method"], row["llr"], row["llr_method"])
-    assert got == (0.4, 0.5, 0.9, 0.2)
+    assert (row["iou_gold"], row["iou_gold_method"], row["beyond_control"]) == (0.4, 0.5, 0.25)
     out = capsys.readouterr().out
-    assert "| FT | 0.0500 (met) | 0.250 | 0.200 | 0.400 / 0.500 | +0.90 / +0.20 |" in out
+    assert "| FT | 0.0500 (met) | 0.250 | 0.200 | 0.400 / 0.500 | +0.25 [-0.05, +0.55] |" in out
 
 
 def test_bench_unprune_cost_needs_unprune_rows():

@@ -115,7 +115,7 @@ def test_results_table_shows_missing_values_as_dashes():
            "IoU_gold": None, "delta_J": math.nan, "diverged": "loss nan"}
     line = report.format_table([row]).splitlines()[2]
     assert line == ("| FT (diverged) | 12.34 | 90.00 | 85.00 | — | — | — | — | — | — | — | — "
-                    "| — | — | — | — | — |")
+                    "| — | — | — | — |")
 
 
 def test_labels_are_made_from_kind_and_method_and_old_rows_still_read():

@@ -8,8 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unprune_jax.metrics import membership
 from unprune_jax.metrics import topology as T
+
+# --- a plain numpy reference of the per-unit LLR, one mask at a time ----------------------------
+
+
+def keep_probabilities(flat_masks, smoothing=1.0):
+    return (flat_masks.sum(0) + smoothing) / (flat_masks.shape[0] + 2 * smoothing)
+
+
+def llr(mask, p_gold, p_orig):
+    """log P(mask | gold side) − log P(mask | original side), entries independent Bernoulli."""
+    return float(np.sum(np.where(mask, np.log(p_gold / p_orig),
+                                 np.log((1 - p_gold) / (1 - p_orig)))))
+
+
+def auc(positive, negative):
+    pos, neg = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
 
 
 def mixture(original, p_gold, alpha, rng):
@@ -137,6 +153,24 @@ def test_power_and_false_positives_at_8_seeds():
 # --- the leave-one-pair-out LLR AUC -----------------------------------------------------------
 
 
+def test_lopo_auc_by_hand():
+    orig = np.array([[1, 0], [1, 0], [1, 1]], bool)
+    gold = np.array([[0, 1], [0, 1], [0, 1]], bool)
+    res = T.lopo_auc(orig, gold)
+    # leaving pair 0 out: O = {(1,0), (1,1)} → p_O = ((2+1)/4, (1+1)/4) = (.75, .5);
+    # G = {(0,1), (0,1)} → p_G = (.25, .75)
+    lo0 = np.log(.25 / .75) + np.log((1 - .75) / (1 - .5))  # O[0] = (1, 0)
+    g0 = np.log(.75 / .25) + np.log(.75 / .5)  # G[0] = (0, 1)
+    # leaving pair 2 out: O = {(1,0), (1,0)} → p_O = (.75, .25); p_G = (.25, .75)
+    lo2 = np.log(.25 / .75) + np.log(.75 / .25)  # O[2] = (1, 1)
+    g2 = 2 * np.log(3)
+    assert res["x_scores"] == pytest.approx([lo0, lo0, lo2])
+    assert res["y_scores"] == pytest.approx([g0, g0, g2])
+    assert res["auc"] == 1.0 and res["splits"] == 4
+    with pytest.raises(ValueError, match="2"):
+        T.lopo_auc(orig[:1], gold[:1])
+
+
 def test_lopo_auc_matches_the_per_mask_loop_under_every_split():
     rng = np.random.default_rng(2)
     x, y = rng.random((4, 300)) < 0.2, rng.random((4, 300)) < 0.3
@@ -147,11 +181,11 @@ def test_lopo_auc_matches_the_per_mask_loop_under_every_split():
         a, b = np.where(sw, y, x), np.where(sw, x, y)
         sa, sb = [], []
         for i in range(4):
-            p_b = membership.keep_probabilities(np.delete(b, i, 0), 0.5)
-            p_a = membership.keep_probabilities(np.delete(a, i, 0), 0.5)
-            sa.append(membership.llr(a[i], p_b, p_a))
-            sb.append(membership.llr(b[i], p_b, p_a))
-        null.append(membership.auc(sb, sa))
+            p_b = keep_probabilities(np.delete(b, i, 0), 0.5)
+            p_a = keep_probabilities(np.delete(a, i, 0), 0.5)
+            sa.append(llr(a[i], p_b, p_a))
+            sb.append(llr(b[i], p_b, p_a))
+        null.append(auc(sb, sa))
         if not c.count(1):
             assert res["x_scores"] == pytest.approx(sa) and res["y_scores"] == pytest.approx(sb)
     assert res["auc"] == null[0] and res["splits"] == 8
@@ -205,7 +239,8 @@ def test_random_swaps_stay_at_0_and_mixtures_sit_at_alpha():
 def test_unequal_dispersion_does_not_pull_toward_the_flatter_side(sharpness):
     """(a): equal density, one side flatter, the same structure. The sets differ (the test says
     so), but an original with 30% of its kept entries swapped at random stays at 0 within its
-    interval, where the old normalised LLR moves it toward the flatter side."""
+    interval, where a single mask's LLR, normalised so that the sides' mean scores sit at 0 and 1,
+    moves it toward the flatter side."""
     rng = np.random.default_rng(5)
     sd = T.synthetic_sides(40000, 8, 0.1, sharpness=sharpness, seed=5)
     o, g = sd["original"], sd["gold"]
@@ -216,10 +251,10 @@ def test_unequal_dispersion_does_not_pull_toward_the_flatter_side(sharpness):
     fresh_o = T.distance_travelled(o, g, rng.random(o.shape) < sd["p_original"])
     fresh_g = T.distance_travelled(o, g, rng.random(o.shape) < sd["p_gold"])
     assert fresh_o["ci"][0] < 0 < fresh_o["ci"][1] and fresh_g["ci"][0] < 1 < fresh_g["ci"][1]
-    tree = lambda m: [{"w": x} for x in m]
-    old = np.mean([membership.topology_membership(tree(o), tree(g), None,
-                                                  {"c": {"w": swapped_o[i]}}, candidate_pair=i,
-                                                  permutations=1)["candidates"]["c"]["normalised"]
+    sides = T.lopo_auc(o, g, permutations=1)
+    lo, hi = np.mean(sides["x_scores"]), np.mean(sides["y_scores"])
+    old = np.mean([(llr(swapped_o[i], keep_probabilities(np.delete(g, i, 0)),
+                        keep_probabilities(np.delete(o, i, 0))) - lo) / (hi - lo)
                    for i in range(8)])
     toward_flatter = old if sharpness[1] < sharpness[0] else -old
     assert toward_flatter > 0.2

@@ -41,7 +41,6 @@ from . import unlearn as unlearn_lib
 from .config import Config
 from .data import Dataset, Split, load_dataset, make_split, validate_split
 from .metrics import mia
-from .metrics.membership import topology_membership
 from .metrics.topology import topology_report
 from .models import get_model, init_model, make_apply_fn
 from .timing import Stopwatch
@@ -479,22 +478,18 @@ def evaluate(ctx: Context, sides: dict, candidates: dict) -> dict:
     entries.append(("gold", None, gold, gold_meta, None))
 
     topology = topology_measures(ctx, sides, candidates)
-    llr = topology.get("llr", {})
     per_candidate = (topology.get("report") or {}).get("candidates", {})
     rows = []
     for kind, method, state, meta, diverged in entries:
         row = {"kind": kind, "method": method,
                **row_metrics(ctx, state, gold, original, gold_logits), **cost(meta),
                "diverged": diverged}
-        key = {"dense": None, "original": "original", "gold": "gold"}.get(kind, f"{kind}/{method}")
-        row["LLR_normalised"] = llr.get(key)
         row.update(_topology_columns(topology, kind, per_candidate.get(report_lib.label(row))))
         rows.append(row)
     results = {
         "rows": rows,
         "IoU_original_gold": masks_lib.jaccard(original.mask, gold.mask, ctx.prunable),
         "noise_floor": topology.get("noise_floor"),
-        "membership": topology.get("membership"),
         "topology": topology.get("report"),
         "seeds": S,
         "split": ctx.split.summary(),
@@ -508,8 +503,8 @@ def evaluate(ctx: Context, sides: dict, candidates: dict) -> dict:
 
 def topology_measures(ctx: Context, sides: dict, candidates: dict) -> dict:
     """Over the S seeds of each side (S ≥ 2): the topology test (``metrics.topology``: the sides,
-    every candidate that changes the mask beside its matched random control, the quantity side),
-    the gold side's noise floor, and the per-weight LLR membership score of seed 0's masks."""
+    every candidate that changes the mask beside its matched random control, the quantity side)
+    and the gold side's noise floor."""
     if ctx.seeds < 2:
         return {}
     sel = ctx.cfg.prune.selection()
@@ -521,14 +516,8 @@ def topology_measures(ctx: Context, sides: dict, candidates: dict) -> dict:
         masks["original"], masks["gold"], ctx.prunable, changing,
         quantity_side=masks.get("quantity"), granularity=sel["granularity"],
         allow_dense_filters=sel["allow_dense_filters"], seed=ctx.cfg.data.seed)
-    first = {f"{k}/{m}": _first_mask(states.mask) for (k, m), (states, _) in candidates.items()}
-    membership = topology_membership(masks["original"], masks["gold"], ctx.prunable,
-                                     {"original": masks["original"][0],
-                                      "gold": masks["gold"][0], **first})
     return {"report": report,
-            "noise_floor": metrics_lib.noise_floor(masks["gold"], ctx.prunable),
-            "membership": {k: v for k, v in membership.items() if k != "candidates"},
-            "llr": {k: v["normalised"] for k, v in membership["candidates"].items()}}
+            "noise_floor": metrics_lib.noise_floor(masks["gold"], ctx.prunable)}
 
 
 def _topology_columns(topology: dict, kind: str, candidate: dict | None) -> dict:
@@ -553,10 +542,6 @@ def _topology_columns(topology: dict, kind: str, candidate: dict | None) -> dict
             out.update(travelled_beyond_control=candidate["beyond_control"]["mean"],
                        travelled_beyond_control_ci=candidate["beyond_control"]["ci"])
     return out
-
-
-def _first_mask(stacked_mask):
-    return jax.tree.map(lambda a: a[0], stacked_mask)
 
 
 # --- running ----------------------------------------------------------------------------------

@@ -72,11 +72,11 @@ def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
     columns = (("UA", ".2f", 100), ("RA", ".2f", 100), ("TA", ".2f", 100), ("MIA", ".2f", 100),
                ("travelled_beyond_control", "+.2f"), ("p_vs_gold", ".3f"),
                ("IoU_gold", ".4f"), ("IoU_gold_corrected", ".4f"), ("delta_J", "+.4f"),
-               ("corrected_fraction", ".3f"), ("LLR_normalised", "+.2f"),
+               ("corrected_fraction", ".3f"),
                ("JS_gold_forget", ".4f"), ("weight_distance_gold", ".2f"), ("seconds", ".1f"),
                ("compile_seconds", ".1f"), ("RTE", ".2f"))
     head = ("| model | UA % | RA % | TA % | MIA % | → gold beyond control | p vs gold | IoU gold | "
-            "J* gold | ΔJ | corrected | LLR norm | JS D_f | ‖θ−θ_gold‖ | time s | compile s "
+            "J* gold | ΔJ | corrected | JS D_f | ‖θ−θ_gold‖ | time s | compile s "
             "| RTE |")
     lead = f"| {first[1]} " if first else ""
     lines = [lead + head, "|" + "---|" * (len(columns) + 1 + bool(first))]
@@ -89,7 +89,7 @@ def format_table(rows: list[dict], first: tuple[str, str] | None = None) -> str:
 
 def summary_lines(results: dict) -> str:
     """The run's headline numbers under the table: IoU(original, gold), the seed noise floor,
-    the membership test's AUC."""
+    the topology test."""
     lines = [f"IoU(original mask, gold mask) = {results['IoU_original_gold']:.4f}"]
     if results.get("filter_IoU_original_gold") is not None:
         lines.append("filter-level IoU(original, gold) = "
@@ -99,15 +99,6 @@ def summary_lines(results: dict) -> str:
         j = floor["jaccard"]
         lines.append(f"noise floor: IoU between gold masks of {floor['pairs']} seed pairs = "
                      f"{j['mean']:.4f} ± {j['std']:.4f} (min {j['min']:.4f}, max {j['max']:.4f})")
-    mem = results.get("membership")
-    if mem:
-        null = mem.get("auc_null_interval")
-        band = (f" (null {null[0]:.2f}…{null[1]:.2f}, p {mem['auc_p_value']:.2f})" if null
-                else "")
-        lines.append(f"per-weight LLR classifier ({mem['seeds']} seeds a side): AUC "
-                     f"{mem['auc']:.3f}{band}; LLR norm places one mask between the original "
-                     "side's mean (0) and the gold side's (1), and any change of a mask moves it: "
-                     "read the topology test instead")
     if results.get("topology"):
         lines += ["", format_topology_table(results["topology"])]
     return "\n".join(lines)
@@ -240,7 +231,7 @@ def _settings(run: dict) -> str:
         f"- un-pruning: p_θ {un.get('fraction')}, {un.get('rounds')} round(s), regrow by "
         f"{un.get('regrow_score')}, re-init {un.get('reinit')}, re-prune by "
         f"{un.get('reprune_score')}",
-        f"- seeds for the noise floor and membership test: {c.get('evaluate', {}).get('seeds')}",
+        f"- seeds for the noise floor and topology test: {c.get('evaluate', {}).get('seeds')}",
     ]
     if machine:
         lines.append(f"- machine: {machine.get('backend')} backend, "

@@ -16,9 +16,8 @@ for S = 8 LeNet-300-100 masks takes well under a second (``benchmarks/bench_topo
   above ``permutations``) and the null's central interval. Same-seed pairs are left out of the
   cross term, so the statistic is unbiased however alike a seed's masks are and its null is
   centred at 0. :func:`lopo_auc` is the second statistic: the leave-one-pair-out AUC of the
-  per-unit Bernoulli LLR classifier (today's ``membership`` test), each permuted split refitting
-  the whole leave-one-pair-out fit (fast because the n units collapse to their distinct columns
-  of 2S bits).
+  per-unit Bernoulli LLR classifier, each permuted split refitting the whole leave-one-pair-out
+  fit (fast because the n units collapse to their distinct columns of 2S bits).
 * **Distance travelled** (:func:`distance_travelled`): where a candidate set sits between the
   original side (0) and the gold side (1), per pair and as a ratio of means with a delta-method
   Student-t interval over the S pairs. Features f(M) = (⟨M, e_O⟩, ⟨M, e_G⟩) against the sides'
@@ -37,43 +36,12 @@ for S = 8 LeNet-300-100 masks takes well under a second (``benchmarks/bench_topo
   and quantity masks within seeds, and where the quantity side sits between the sides.
 * :func:`topology_report` computes all of it in one pass; :func:`format_topology_table` prints it.
 
-**The default statistic** is the energy statistic with the Hamming distance. Validated on
-synthetic masks (:func:`synthetic_sides`; ``python benchmarks/bench_topology.py --validate
---reps 500 [--coupling 0.0]``, S = 8, 4,000 units, density 0.1, 500 seeded repetitions, 2-core
-CPU), rejection rates at p < 0.05 with half of a pair's entries drawn alike (independent pairs
-in brackets):
-
-==================  ==================  ============  ============  ============
-statistic           no shift (false +)  shift 0.1     shift 0.2     shift 0.3
-==================  ==================  ============  ============  ============
-energy, Hamming     0.052 (0.060)       0.31 (0.15)   0.97 (0.74)   1.00 (1.00)
-energy, Jaccard     0.058 (0.064)       0.33 (0.15)   0.97 (0.76)   1.00 (1.00)
-energy, Euclidean   0.058 (0.060)       0.32 (0.15)   0.97 (0.76)   1.00 (1.00)
-Hamming, unpaired   0.000 (0.060)       0.00 (0.19)   0.00 (0.81)   0.00 (1.00)
-LOPO LLR AUC        0.060 (0.054)       0.26 (0.14)   0.95 (0.68)   1.00 (0.99)
-==================  ==================  ============  ============  ============
-
-(the exact test's false-positive rate is at most 6/128 = 0.047 in expectation; 500 repetitions
-measure it to about ±0.01). The three distances are equally powerful on shifted keep
-probabilities and the LLR AUC slightly less; the Hamming energy wins on reading: it is
-(2/n)·mean_{s≠s'} ⟨X_s − Y_s, X_s' − Y_s'⟩, an unbiased estimate of twice the mean squared
-difference of the two sets' keep probabilities, 0 for sets alike, in the same currency as the
-distance travelled (which also sees keep probabilities only). It is blind to differences beyond
-the keep probabilities; ``distance='jaccard'`` or ``'euclidean'`` (the classic energy distance)
-see more. Testing without the pairing (any relabelling of the pooled masks) loses everything
-when a seed's masks are alike (the observed split is then the one that keeps every pair apart)
-and gains a little when seeds are unrelated, so the tests here are paired.
-
-The distance travelled, same runs (median over repetitions, and how often its 95% interval
-covers the truth): (d) an original with 30% / 60% of its kept units swapped at random:
-−0.001 (0.96) / −0.023 (0.97), where the old normalised LLR moves the 30% swap to +0.17;
-(c) mixtures α = 0.25, 0.5, 0.75: 0.247, 0.495, 0.744 (0.95–0.96); fresh masks of each side:
-0.007 and 0.995; (a) equal densities and unequal dispersion (β = 3 vs 1 on the same structure,
-both ways round): the energy test and the AUC tell the sides apart every time, while the 30%
-swap stays at −0.007 (gold flatter) and −0.002 (original flatter), intervals covering 0 in 94%
-and 95% of runs; the old normalised LLR moves it to +0.55 and −0.22, toward the flatter side.
-When the flatter side is nearly a diluted copy of the other, the position of a heavily diluted
-mask is barely identified: unbiased, with wide intervals (60% swap: quartiles −0.50…+0.41).
+The default statistic is the energy statistic with the Hamming distance: (2/n)·mean_{s≠s'}
+⟨X_s − Y_s, X_s' − Y_s'⟩, an unbiased estimate of twice the mean squared difference of the two
+sets' keep probabilities, in the same currency as the distance travelled. Its validation on
+synthetic masks with known truth (power, false positives, the distance travelled of swapped
+masks, mixtures and sides of unequal dispersion; ``benchmarks/bench_topology.py --validate``) and
+how to read a report are in ``docs/metrics.md``; ``tests/test_topology.py`` checks each property.
 """
 
 from __future__ import annotations
