@@ -110,33 +110,35 @@ def _prepare_run_dir(path: str, fresh: bool, command: str):
 # --- subcommands ------------------------------------------------------------------------------
 
 
-def _cmd_run(args) -> int:
-    from . import pipeline
+def _in_run_dir(args, name: str, body) -> int:
+    """Loads the config and calls ``body(cfg, run_dir, say)`` inside the locked, logged run
+    directory (``run`` and ``sweep``)."""
     from .config import load_config
-    from .train import Trainer
 
     _use_cpu_devices(args.cpu_devices)
     cfg = load_config(args.config, args.override)
-    command = f"run: {' '.join(args.argv)}"
+    command = f"{name}: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
           _run_log(run_dir, command) as say):
-        pipeline.run(cfg, run_dir, progress=not args.no_progress, say=say,
-                     trainer=Trainer(strategy=args.strategy, progress=not args.no_progress))
+        body(cfg, run_dir, say)
     return 0
+
+
+def _cmd_run(args) -> int:
+    from . import pipeline
+    from .train import Trainer
+
+    return _in_run_dir(args, "run", lambda cfg, run_dir, say: pipeline.run(
+        cfg, run_dir, progress=not args.no_progress, say=say,
+        trainer=Trainer(strategy=args.strategy, progress=not args.no_progress)))
 
 
 def _cmd_sweep(args) -> int:
-    from .config import load_config
     from .sweep import run_sweep
 
-    _use_cpu_devices(args.cpu_devices)
-    cfg = load_config(args.config, args.override)
-    command = f"sweep: {' '.join(args.argv)}"
-    with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
-          _run_log(run_dir, command) as say):
-        run_sweep(cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
-                  strategy=args.strategy, progress=not args.no_progress, say=say)
-    return 0
+    return _in_run_dir(args, "sweep", lambda cfg, run_dir, say: run_sweep(
+        cfg, run_dir, forget_fractions=args.forget_fractions, seeds=args.seeds,
+        strategy=args.strategy, progress=not args.no_progress, say=say))
 
 
 def _cmd_report(args) -> int:

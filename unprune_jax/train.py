@@ -309,11 +309,6 @@ def _divergence(metrics: dict, r: int, limit: float) -> str:
     return ""
 
 
-def _per_run(tree, k: int, r: int):
-    """Run r's slice of a tree whose leaves have a leading axis K."""
-    return jax.tree.map(lambda a: a[r], tree) if k > 1 else jax.tree.map(lambda a: a[0], tree)
-
-
 @dataclasses.dataclass
 class Trainer:
     """How training loops run: the K-run strategy, devices, memory and progress bars.

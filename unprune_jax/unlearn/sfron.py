@@ -163,11 +163,6 @@ def _ratio_mask(f_forget, f_retain, mask, threshold):
                         f_forget, f_retain, mask)
 
 
-@jax.jit
-def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def saliency_mask(state, task, cfg: SFRonConfig):
     """The SFR-on weight-saliency mask: Fisher ratio F_f/F_r ≥ ``cfg.threshold``, AND the pruning
     mask. F_f uses all of D_f, F_r the first ``cfg.fisher_batches`` batches of D_r."""
