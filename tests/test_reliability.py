@@ -150,8 +150,6 @@ def _data_file(stage):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-# As in test_checkpoint.py: Orbax leaves the other reads' coroutines unawaited when one fails.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["truncated data", "flipped bit", "meta without seconds",
                                     "stage is a file"])
 def test_damaged_stage_is_named_and_deleting_it_recomputes_it(base, copy, capsys, damage):
