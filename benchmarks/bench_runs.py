@@ -112,7 +112,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device:
         jax.config.update("jax_platforms", args.device)
-    runs.use_cpu_cores(args.cpu_devices)
+    runs.use_cpu_cores(args.cpu_devices)  # refuses a count XLA_FLAGS contradicts
     if len(jax.devices()) == 1 and "spread" in args.strategies:
         args.strategies.remove("spread")  # one device: spread is the loop
     print(f"# K runs per strategy vs the loop: {args.model}"

@@ -356,7 +356,11 @@ SHARDED_SCRIPT = textwrap.dedent("""
     runs.resolve_strategy(step, st, ds.x[np.zeros((K, 16), int)], np.zeros((K, 16), np.int32),
                           np.ones((K, 16), np.float32), cache=seen)
     out["auto_candidates"] = sorted(next(iter(seen.values()))["timings"])
-    out["cores_after_start"] = runs.use_cpu_cores(2)
+    out["cores_after_start"] = runs.use_cpu_cores()
+    try:
+        runs.use_cpu_cores(2)
+    except ValueError as e:
+        out["two_refused"] = str(e)
     print("RESULT" + json.dumps(out))
 """)
 
@@ -381,12 +385,16 @@ def test_sharded_over_8_simulated_devices_equals_unsharded():
     assert out["spread_snap"] == out["spread_scan_snap"] == [K, 1]
     assert out["auto_candidates"] == ["loop", "map", "spread", "vmap"]
     assert out["cores_after_start"] == 8  # JAX had started: the count stays
+    assert out["two_refused"].startswith("2 CPU devices asked for, but JAX has 8")
 
 
 def test_use_cpu_cores_checks_n_and_leaves_a_started_jax_alone():
     jax.devices()  # JAX has started: the count is fixed
     n = len(jax.devices("cpu"))
-    assert runs.use_cpu_cores(n + 3) == n and len(jax.devices("cpu")) == n
+    assert runs.use_cpu_cores() == n and runs.use_cpu_cores(n) == n
+    with pytest.raises(ValueError, match=f"{n + 3} CPU devices asked for, but JAX has {n}"):
+        runs.use_cpu_cores(n + 3)  # an explicit count is refused, not ignored
+    assert len(jax.devices("cpu")) == n
     for bad, msg in ((0, "n=0 must be >= 1"), (-1, "n=-1 must be >= 1"),
                      (1.5, "must be an int, got 1.5"), (True, "must be an int, got True"),
                      ("2", "must be an int, got '2'")):

@@ -114,8 +114,9 @@ def _in_run_dir(args, name: str, body) -> int:
     """Loads the config and calls ``body(cfg, run_dir, say)`` inside the locked, logged run
     directory (``run`` and ``sweep``)."""
     from .config import load_config
+    from .runs import use_cpu_cores
 
-    _use_cpu_devices(args.cpu_devices)
+    use_cpu_cores(args.cpu_devices)  # refuses a count XLA_FLAGS or an earlier start contradicts
     cfg = load_config(args.config, args.override)
     command = f"{name}: {' '.join(args.argv)}"
     with (_prepare_run_dir(args.run_dir, args.fresh, command) as run_dir,
@@ -240,18 +241,6 @@ def _add_config_args(p: argparse.ArgumentParser, default_dir: str) -> None:
                    help="CPU devices JAX makes, so strategy spread can step one run per core "
                    "(default: one per core, or the count XLA_FLAGS sets; an N that XLA_FLAGS "
                    "contradicts is refused; the CPU only: GPUs and TPUs are their own devices)")
-
-
-def _use_cpu_devices(n: int | None) -> None:
-    """One CPU device per core, or the ``--cpu-devices`` asked for; refuses a count JAX cannot
-    give (XLA_FLAGS fixed another) rather than run with it silently."""
-    from .runs import use_cpu_cores
-
-    got = use_cpu_cores(n)
-    if n is not None and got != n:
-        raise ValueError(f"--cpu-devices {n}: JAX has {got} CPU device(s), fixed by XLA_FLAGS "
-                         "(--xla_force_host_platform_device_count) or by an earlier start; drop "
-                         "one of the two")
 
 
 def _positive_int(text: str) -> int:

@@ -170,25 +170,35 @@ def use_cpu_cores(n: int | None = None) -> int:
 
     XLA:CPU gets little from a second core for one small run's kernels; with one device per core,
     strategy ``'spread'`` (and ``'shard'``) runs one run per core. JAX fixes its CPU device count
-    when its first backend starts, so call this before any JAX computation; later it changes
-    nothing. ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set by the user wins.
+    when its first backend starts, so call this before any JAX computation.
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set by the user fixes it too.
 
     Returns:
-        How many CPU devices JAX will have: ``n``, or what was fixed before this call (then the
-        count is left as it is).
+        How many CPU devices JAX will have. Without ``n``: one per core, or the count fixed
+        before this call (left as it is).
+
+    Raises:
+        ValueError: naming ``n`` when it is not a positive int, or when the count is already
+            fixed at another value (an explicit request is never silently ignored).
     """
+    wanted = None if n is None else check_int(n, "use_cpu_cores: n", lo=1)
     if n is None:
         n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = check_int(n, "use_cpu_cores: n", lo=1)
     forced = re.search(r"--xla_force_host_platform_device_count=(\d+)",
                        os.environ.get("XLA_FLAGS", ""))
+    got = n
     if forced:
-        return int(forced.group(1))
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # JAX has started: the count is fixed
-        return len(jax.devices("cpu"))
-    return n
+        got = int(forced.group(1))
+    else:
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:  # JAX has started: the count is fixed
+            got = len(jax.devices("cpu"))
+    if wanted is not None and got != wanted:
+        raise ValueError(f"{wanted} CPU devices asked for, but JAX has {got}, fixed by XLA_FLAGS "
+                         "(--xla_force_host_platform_device_count) or by an earlier start of "
+                         f"JAX; ask for {got}, or leave the count to it")
+    return got
 
 
 def spread_devices(mesh: Mesh | None = None) -> list:
