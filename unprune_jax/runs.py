@@ -695,8 +695,9 @@ def k_call(plan: Plan, step_fn, mesh, carrier, x, y, w, extra):
         devices = run_devices(plan, mesh, len(carrier))
         out = [step_fn(s, x[r], y[r], w[r], _run_extra(extra, r, devices))
                for r, s in enumerate(carrier)]
-        metrics = jax.device_get([o[1] for o in out])
-        return [o[0] for o in out], jax.tree.map(lambda *m: np.stack(m), *metrics)
+        # gathered on the default device without waiting for them (spread: from every device)
+        metrics = jax.device_put([o[1] for o in out], jax.devices()[0])
+        return [o[0] for o in out], jax.tree.map(lambda *m: jnp.stack(m), *metrics)
     return make_k_step(step_fn, plan.strategy, plan.map_batch_size, mesh)(carrier, x, y, w, extra)
 
 
